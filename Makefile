@@ -1,0 +1,26 @@
+# Two commands on a fresh clone:  `make demo` (train the tiny demo model on CPU) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test install
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+build/sample/train: $(VENV)/.installed data/sample/train.jsonl.zst
+	$(PY) -m tfrecords_tools.create_tfrecords --input_dir data/sample/train.jsonl.zst \
+		--output_dir build/sample/train --name sample --chunk_size 128 --files_per 500
+	$(PY) -m tfrecords_tools.create_tfrecords --input_dir data/sample/val.jsonl.zst \
+		--output_dir build/sample/val --name sample --chunk_size 128 --files_per 500
+
+demo: build/sample/train
+	$(PY) main.py --model configs/demo_cpu.json --steps_per_checkpoint 100
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests

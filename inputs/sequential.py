@@ -1,0 +1,129 @@
+"""The default `sequential_input` pipeline: TFRecords read in a fixed order, resumable by step.
+
+Training files are the datasets' `path` globs, naturally sorted, then shuffled once with
+Python's `random.seed(seed)` + `random.shuffle` (the original's order, reproduced exactly), and
+read one after another, forever. Resuming at global step s skips the first s * batch records
+of that cyclic stream, using per-file record counts parsed from the file names
+(`..._<count>.tfrecords`). Each record's first n_ctx + 1 tokens become inputs [0:n] and labels [1:n+1].
+"""
+import random
+import re
+
+from meshtf import tf
+
+# The original's rule: underscore, digits, one character, "tfrecords", end of name.
+_COUNT_IN_NAME = re.compile(r"_(\d+).tfrecords$")
+
+
+class DataError(ValueError):
+    """A problem with the training data, worded for the user."""
+
+
+def natural_sort_key(path):
+    """Digit runs compare as numbers, other text case-insensitively ("f_2" < "f_10")."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path)]
+
+
+def list_files(globs, what):
+    files = []
+    for pattern in globs:
+        matched = tf.io.gfile.glob(pattern)
+        if not matched:
+            raise DataError("%s glob %s matches no files; check the dataset config's path or create "
+                            "the TFRecords first" % (what, pattern))
+        files += matched
+    return sorted(files, key=natural_sort_key)
+
+
+def training_files(data_config, eval_files=False):
+    key = "eval_path" if eval_files else "path"
+    globs = []
+    for ds in data_config.dataset_configs:
+        pattern = getattr(ds, key)
+        if not pattern:
+            raise DataError("dataset config %r has no `%s`" % (ds.id, key))
+        globs.append(pattern)
+    files = list_files(globs, "dataset `%s`" % key)
+    if not eval_files and data_config.shuffle_input_filenames:
+        random.seed(data_config.seed)
+        random.shuffle(files)
+    return files
+
+
+def record_count(path):
+    """Records in a file: from its name when it carries a count, else by reading it."""
+    match = _COUNT_IN_NAME.search(path)
+    if match:
+        return int(match.group(1))
+    return sum(1 for _ in tf.io.tf_record_iterator(path))
+
+
+def _locate(counts, position):
+    for index, n in enumerate(counts):
+        if position < n:
+            return index, position
+        position -= n
+    return None
+
+
+def resume_position(files, examples_seen, count=record_count):
+    """(file index, records to skip in it) after `examples_seen` records of the cyclic file stream.
+
+    Files are only counted as far as needed, so resuming inside the first epoch of a dataset
+    whose names carry no counts reads just the files before the resume point.
+    """
+    counts = []
+
+    def counted():
+        for path in files:
+            counts.append(count(path))
+            yield counts[-1]
+
+    found = _locate(counted(), examples_seen)
+    if found:
+        return found
+    if sum(counts) == 0:
+        raise DataError("the training files hold no records: %s" % ", ".join(files[:3]))
+    return _locate(counts, examples_seen % sum(counts))
+
+
+def _parse(record, n_ctx, n_vocab):
+    tokens = tf.io.parse_single_example(record, {"text": tf.io.VarLenFeature(tf.int64)})["text"]
+    tokens = tf.cast(tf.sparse.to_dense(tokens), tf.int32)
+    checks = [
+        tf.debugging.assert_greater_equal(
+            tf.size(tokens), n_ctx + 1,
+            message="Data error: a TFRecord record has fewer than n_ctx + 1 = %d tokens; re-create the "
+                    "TFRecords with a chunk size of at least n_ctx. Record length:" % (n_ctx + 1)),
+        tf.debugging.assert_less(
+            tf.reduce_max(tokens[:n_ctx + 1]), n_vocab,
+            message="Data error: a TFRecord holds a token id >= n_vocab = %d; the data was encoded with "
+                    "a larger vocabulary than the config's n_vocab. Largest id:" % n_vocab),
+        tf.debugging.assert_non_negative(tokens, message="Data error: a TFRecord holds a negative token id"),
+    ]
+    with tf.control_dependencies(checks):
+        window = tf.reshape(tokens[:n_ctx + 1], [n_ctx + 1])
+    return window[:n_ctx], window[1:]
+
+
+def dataset(files, n_ctx, n_vocab, batch_size, start_file=0, skip=0, prefetch=2):
+    """(inputs, labels) batches [batch, n_ctx], cycling through `files` from (start_file, skip)."""
+    first = tf.data.TFRecordDataset(files[start_file:]).skip(skip)
+    ds = first.concatenate(tf.data.TFRecordDataset(files).repeat())
+    ds = ds.map(lambda r: _parse(r, n_ctx, n_vocab), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
+
+
+def input_fn_for(config, mode, global_step=0):
+    """An Estimator input_fn for `mode` ("train" or "eval"), resuming training at `global_step`."""
+    m, t = config.model, config.train
+    batch = t.batch_size(mode)
+    files = training_files(config.data, eval_files=(mode == "eval"))
+    start_file, skip = (resume_position(files, global_step * batch) if mode == "train" else (0, 0))
+
+    def input_fn(params):
+        del params  # TPUEstimator's batch size is the global batch, which the config already holds
+        return dataset(files, m.n_ctx, m.n_vocab, batch, start_file, skip, prefetch=2 * t.iterations)
+
+    return input_fn

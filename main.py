@@ -1,0 +1,83 @@
+"""GPT-Neo on Mesh-TensorFlow: train or evaluate a model described by a JSON config.
+
+    python main.py --model configs/demo_cpu.json            # train (and validate every N steps)
+    python main.py --model gpt_neo_125M --tpu my-tpu        # on a TPU (or --tpu local on a TPU VM)
+    python main.py --model CONFIG --eval                    # evaluate the latest checkpoint
+"""
+import argparse
+import logging
+import sys
+
+from inputs.sequential import DataError
+from inputs.tokenizer import TokenizerError, tokenizer_for
+from meshtf import tf
+from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config
+from trainer.estimator import build_estimator, evaluate, train
+from trainer.hardware import select_hardware
+
+log = logging.getLogger("gptneo")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="model config: a path ending in .json (local or gs://) or the name of one in configs/")
+    p.add_argument("--tpu", default=None,
+                   help="TPU name (\"local\" on a TPU VM, \"colab\" to discover it); runs the SIMD mesh on TPU")
+    p.add_argument("--gpu_ids", nargs="+", default=None,
+                   help="device strings for the placement mesh, one per mesh position (e.g. device:GPU:0 "
+                        "device:GPU:1); default: all visible GPUs, else one virtual CPU device per position")
+    p.add_argument("--steps_per_checkpoint", type=int, default=5000,
+                   help="save a checkpoint (and run validation when eval_steps > 0) every N steps")
+    p.add_argument("--eval", action="store_true", help="evaluate the latest checkpoint for eval_steps batches")
+    args = p.parse_args(argv)
+    if args.steps_per_checkpoint < 1:
+        p.error("--steps_per_checkpoint must be at least 1")
+    return args
+
+
+def run(args):
+    config = load_config(args.model)
+    mode = "eval" if args.eval else "train"
+    if args.eval and config.train.eval_steps < 1:
+        raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`")
+    check_batch_layout(config, mode)
+    if config.train.eval_steps > 0:
+        check_batch_layout(config, "eval")
+    if config.data.dataset_configs:
+        check_tokenizer_vocab(config, tokenizer_for(config.data).get_vocab_size(),
+                              config.data.dataset_configs[0].tokenizer_path)
+    hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids)
+    log.info("%s: %d layers, n_embd %d, n_ctx %d on %s mesh %s (layout %s)", config.name, config.model.n_layer,
+             config.model.n_embd, config.model.n_ctx, hardware.kind, config.mesh.shape_string,
+             config.mesh.layout_string or "replicated")
+    estimator = build_estimator(config, hardware, args.steps_per_checkpoint)
+    if args.eval:
+        evaluate(estimator, config, log.info)
+    else:
+        train(estimator, config, args.steps_per_checkpoint, log.info)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    tf.logging.set_verbosity(tf.logging.WARN)
+    try:
+        run(args)
+    except (ConfigError, DataError, TokenizerError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    except tf.errors.InvalidArgumentError as e:
+        # Assertions in the input pipeline carry a user-facing message; anything else is a bug.
+        if "Data error:" not in e.message:
+            raise
+        print("error: %s" % e.message[e.message.index("Data error:"):].splitlines()[0], file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

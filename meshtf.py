@@ -1,0 +1,33 @@
+"""The one place that imports TensorFlow 1.x-style graph mode and mesh_tensorflow.
+
+Every module that needs `tf` (the compat.v1 API) or `mtf` imports them from here, so the
+TF 2.15 compatibility fix for mesh-tensorflow 0.1.21 and the graph-mode switches happen
+exactly once, before any `import mesh_tensorflow`.
+"""
+import os
+
+# oneDNN / cpu_feature_guard chatter (level 2) and full TF's CUDA probe lines (level 3).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+from tensorflow.python.framework import ops as _tf_ops  # noqa: E402
+from tensorflow.python.framework import tensor_conversion_registry as _registry  # noqa: E402
+from tensorflow.python.util import deprecation as _deprecation  # noqa: E402
+
+# Must precede disable_v2_behavior(), which itself emits deprecation warnings.
+_deprecation._PRINT_DEPRECATION_WARNINGS = False
+tf.disable_v2_behavior()
+# Ref variables race between the backward pass and the update ops of the same step,
+# which makes runs neither repeatable nor equal across meshes.
+tf.enable_resource_variables()
+
+# mesh-tensorflow 0.1.21 still calls ops.register_tensor_conversion_function, which
+# TF 2.13 moved to tensor_conversion_registry.
+if not hasattr(_tf_ops, "register_tensor_conversion_function"):
+    _tf_ops.register_tensor_conversion_function = _registry.register_tensor_conversion_function
+
+import mesh_tensorflow as mtf  # noqa: E402
+import mesh_tensorflow.placement_mesh_impl  # noqa: E402,F401
+import mesh_tensorflow.simd_mesh_impl  # noqa: E402,F401
+
+__all__ = ["tf", "mtf"]

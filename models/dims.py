@@ -1,0 +1,69 @@
+"""Mesh-TF dimension names: the vocabulary of `layout` strings.
+
+Users' layouts name these (e.g. "batch:x,heads:y,vocab:y"), so the names are public API and
+are defined here once. One size in two roles gets two names: queries run along `sequence`,
+keys and values along `memory_length`.
+"""
+from dataclasses import dataclass
+
+from meshtf import mtf
+
+BATCH = "batch"
+SEQUENCE = "sequence"
+MEMORY_LENGTH = "memory_length"
+EMBED_SEQUENCE = "embed_sequence"
+EMBD = "embd"
+HEADS = "heads"
+FEATURES_PER_HEAD = "features_per_head"
+VOCAB = "vocab"
+INTERMEDIATE_EXPANDED = "intermediate_expanded"
+# Local attention splits the sequence into blocks of queries that see their own block
+# and the one before it.
+NUM_BLOCKS = "num_blocks"
+QUERY_BLOCK_LENGTH = "query_block_length"
+MEMORY_BLOCK_LENGTH = "memory_block_length"
+
+MODEL_DIMS = (BATCH, SEQUENCE, MEMORY_LENGTH, EMBED_SEQUENCE, EMBD, HEADS, FEATURES_PER_HEAD,
+              VOCAB, INTERMEDIATE_EXPANDED, NUM_BLOCKS, QUERY_BLOCK_LENGTH, MEMORY_BLOCK_LENGTH)
+# Names the original model family also defines (memory key/values, axial and rotary position
+# embeddings, linear attention, microbatching, mixture of experts). Layout rules may name
+# them; they only take effect in models that have the feature.
+FEATURE_DIMS = ("mem_kv_sequence", "axial_dim", "axial_dim_0", "axial_dim_1",
+                "half_features_per_head", "features_per_head_in", "microbatch", "experts",
+                "expert_unsplit", "expert_hidden", "expert_capacity", "group", "outer_batch",
+                "batch_unsplit", "d_model_split")
+LAYOUT_DIMS = MODEL_DIMS + FEATURE_DIMS
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The model's dimensions for one mode (the batch size differs between modes)."""
+
+    batch: mtf.Dimension
+    sequence: mtf.Dimension
+    memory_length: mtf.Dimension
+    embed_sequence: mtf.Dimension
+    embd: mtf.Dimension
+    heads: mtf.Dimension              # n_head, on activations
+    heads_combined: mtf.Dimension     # n_embd, "heads" x "features_per_head" on q/k/v/o
+    features_per_head: mtf.Dimension
+    vocab: mtf.Dimension
+    intermediate: mtf.Dimension
+
+    @classmethod
+    def build(cls, model_config, batch_size):
+        c = model_config
+        return cls(
+            batch=mtf.Dimension(BATCH, batch_size),
+            sequence=mtf.Dimension(SEQUENCE, c.n_ctx),
+            memory_length=mtf.Dimension(MEMORY_LENGTH, c.n_ctx),
+            embed_sequence=mtf.Dimension(EMBED_SEQUENCE, c.n_ctx),
+            embd=mtf.Dimension(EMBD, c.n_embd),
+            heads=mtf.Dimension(HEADS, c.n_head),
+            # The original keeps the name "heads" for the combined dimension, so one
+            # layout rule shards weights and activations alike.
+            heads_combined=mtf.Dimension(HEADS, c.n_embd),
+            features_per_head=mtf.Dimension(FEATURES_PER_HEAD, c.n_embd // c.n_head),
+            vocab=mtf.Dimension(VOCAB, c.n_vocab),
+            intermediate=mtf.Dimension(INTERMEDIATE_EXPANDED, 4 * c.n_embd),
+        )

@@ -1,0 +1,85 @@
+"""Where the mesh runs: TPU (SIMD mesh), GPUs or virtual CPU devices (placement mesh).
+
+Chosen once from the flags and the config's `mesh_shape`, before any graph is built, so a
+mesh that cannot fit the machine is reported as a one-line error.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from meshtf import mtf, tf
+from trainer.config import ConfigError
+
+# The host that holds TPU binaries gets this much extra (per replica) before variables are
+# balanced over hosts, as in the original.
+TPU_HOST0_RESERVED_BYTES = 300 * 1000 * 1000
+
+
+@dataclass(frozen=True)
+class Hardware:
+    kind: str                     # "tpu", "gpu" or "cpu"
+    devices: Tuple[str, ...] = ()  # one device string per mesh position (placement mesh)
+    tpu_name: Optional[str] = None
+
+    @property
+    def use_tpu(self):
+        return self.kind == "tpu"
+
+    def session_config(self):
+        if self.kind == "cpu":
+            # One virtual CPU device per mesh position; all share this machine's cores.
+            return tf.ConfigProto(device_count={"CPU": len(self.devices)}, allow_soft_placement=True)
+        return tf.ConfigProto(allow_soft_placement=True)
+
+    def cluster_resolver(self):
+        if not self.use_tpu:
+            return None
+        # "colab" means: discover the TPU from the environment; "local" is the TPU VM itself.
+        name = None if self.tpu_name == "colab" else self.tpu_name
+        try:
+            return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
+        except Exception as e:  # the resolver raises URL, gRPC and value errors alike
+            raise ConfigError("cannot find TPU %r (%s); on a TPU VM pass --tpu local, elsewhere the TPU's "
+                              "name in this project and zone" % (self.tpu_name, e)) from None
+
+
+def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None):
+    """TPU if `--tpu` is given; else `--gpu_ids` (or all visible GPUs); else virtual CPUs."""
+    size = mesh_config.size
+    if tpu:
+        return Hardware("tpu", tpu_name=tpu)
+    if visible_gpus is None:
+        visible_gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpu_ids:
+        if len(gpu_ids) != size:
+            raise ConfigError("`mesh_shape` %s has %d positions but --gpu_ids lists %d device(s); give "
+                              "one device per mesh position or change mesh_shape"
+                              % (mesh_config.shape_string, size, len(gpu_ids)))
+        if visible_gpus < len(gpu_ids):
+            raise ConfigError("--gpu_ids names %d GPU(s) but TensorFlow sees %d; check CUDA_VISIBLE_DEVICES "
+                              "and that tensorflow[and-cuda] is installed" % (len(gpu_ids), visible_gpus))
+        return Hardware("gpu", tuple(gpu_ids))
+    if visible_gpus:
+        if visible_gpus < size:
+            raise ConfigError("`mesh_shape` %s needs %d devices but only %d GPU(s) are visible; shrink "
+                              "mesh_shape or pass --gpu_ids" % (mesh_config.shape_string, size, visible_gpus))
+        return Hardware("gpu", tuple("/device:GPU:%d" % i for i in range(size)))
+    return Hardware("cpu", tuple("/cpu:%d" % i for i in range(size)))
+
+
+def mesh_implementation(hardware, mesh_config, params):
+    """(mesh impl, variable placer) for the model_fn; `params` is what TPUEstimator passes in."""
+    shape = mtf.convert_to_shape(mesh_config.shape_string)
+    layout = mtf.convert_to_layout_rules(mesh_config.layout_string)
+    if not hardware.use_tpu:
+        return mtf.placement_mesh_impl.PlacementMeshImpl(shape, layout, list(hardware.devices)), None
+    context = params["context"]
+    num_hosts = context.num_hosts
+    host_devices = [context.tpu_host_placement_function(host_id=i) for i in range(num_hosts)]
+    placer = mtf.utils.BalancedVariablePlacer(
+        host_devices, [TPU_HOST0_RESERVED_BYTES * num_hosts] + [0] * (num_hosts - 1))
+    physical_shape = list(context.device_assignment.topology.mesh_shape)
+    logical_to_physical = mtf.simd_mesh_impl.auto_logical_to_physical_tpu(
+        shape.to_integer_list, physical_shape)
+    impl = mtf.simd_mesh_impl.SimdMeshImpl(shape, layout, [""] * shape.size, context.device_assignment,
+                                           logical_to_physical=logical_to_physical)
+    return impl, placer

@@ -1,0 +1,95 @@
+"""Learning-rate schedule, global-norm clipping and the two optimizers of GPT-Neo (in Mesh-TF).
+
+Slot variables are created in the root variable scope, so they are named after the full
+variable name (`gpt2/h0/attn/q/adam_m`), which HuggingFace's loader knows to skip.
+"""
+import math
+import re
+
+from meshtf import mtf, tf
+
+# Adam's decoupled weight decay skips variables whose name matches these (the original's rule:
+# norm_1/norm_2 and all biases are excluded; ln_f, embeddings and kernels are decayed).
+WEIGHT_DECAY_EXCLUDE = ("norm", "bias")
+
+
+def learning_rate(train_config, global_step):
+    """Decay to 10% of `lr` at `lr_decay_end` (linear or cosine), times a linear warmup.
+
+    As the original, warmup multiplies the already-decayed value: lr(s) = decayed(s) * s / W.
+    """
+    t = train_config
+    step = tf.cast(global_step, tf.float32)
+    lr = tf.constant(t.lr, tf.float32)
+    end = float(t.lr_decay_end or t.train_steps or 1)
+    progress = tf.minimum(step, end) / end
+    if t.lr_decay == "linear":
+        lr = (lr - 0.1 * lr) * (1.0 - progress) + 0.1 * lr
+    elif t.lr_decay == "cosine":
+        lr = lr * (0.9 * 0.5 * (1.0 + tf.cos(math.pi * progress)) + 0.1)
+    if t.warmup_steps > 0:
+        lr = tf.where(step < t.warmup_steps, lr * step / float(t.warmup_steps), lr)
+    return lr
+
+
+def global_norm(grads):
+    return mtf.sqrt(mtf.add_n([mtf.reduce_sum(mtf.square(g)) for g in grads]))
+
+
+class AdamWeightDecay(mtf.optimize.Optimizer):
+    """Adam without bias correction plus decoupled weight decay (update += wd * w).
+
+    Unlike mesh-tensorflow's AdamWeightDecayOptimizer this also works when the variable's
+    activation dtype is bfloat16: the weight is read as float32 before it joins the update.
+    """
+
+    def __init__(self, learning_rate, weight_decay, beta1, beta2, epsilon):
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+
+    def decays(self, name):
+        return bool(self.weight_decay) and not any(re.search(p, name) for p in WEIGHT_DECAY_EXCLUDE)
+
+    def apply_grad(self, grad, var):
+        grad = mtf.to_float(grad)
+        m = mtf.get_variable(var.mesh, var.name + "/adam_m", var.shape,
+                             initializer=tf.zeros_initializer(), trainable=False)
+        v = mtf.get_variable(var.mesh, var.name + "/adam_v", var.shape,
+                             initializer=tf.zeros_initializer(), trainable=False)
+        next_m = self.beta1 * m + (1.0 - self.beta1) * grad
+        next_v = self.beta2 * v + (1.0 - self.beta2) * mtf.square(grad)
+        update = next_m / (mtf.sqrt(next_v) + self.epsilon)
+        if self.decays(var.name):
+            update += self.weight_decay * mtf.to_float(var.value)
+        return [mtf.assign_sub(var, self.learning_rate * update),
+                mtf.assign(m, next_m), mtf.assign(v, next_v)]
+
+
+def make_optimizer(train_config, lr):
+    t = train_config
+    if t.opt_name.lower() == "adam":
+        return AdamWeightDecay(lr, t.weight_decay, t.beta1, t.beta2, t.epsilon)
+    # The original gave Adafactor the raw `lr` and passed `weight_decay` as its second-moment
+    # decay rate; here it follows the schedule and keeps mesh-tf's default decay rate.
+    return mtf.optimize.AdafactorOptimizer(
+        learning_rate=lr, beta1=t.beta1, epsilon1=t.ada_epsilon1, epsilon2=t.ada_epsilon2)
+
+
+def minimize(loss, graph, train_config, global_step):
+    """Gradients, optional clipping and the optimizer's update ops; returns (updates, lr, grad norm)."""
+    variables = graph.trainable_variables
+    grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
+    grads = [mtf.to_float(g) for g in grads]
+    norm = global_norm(grads)
+    clip = train_config.gradient_clipping
+    if clip:  # g * clip / max(||g||, clip) over all gradients together
+        grads = [g * (clip / mtf.maximum(norm, clip)) for g in grads]
+    lr = learning_rate(train_config, global_step)
+    mesh = loss.mesh
+    mtf_lr = mtf.import_fully_replicated(mesh, lr, mtf.Shape([]), name="learning_rate")
+    optimizer = make_optimizer(train_config, mtf_lr)
+    updates = optimizer.apply_grads(grads, variables)
+    return updates, lr, norm
