@@ -31,11 +31,13 @@ class TrainLogHook(tf.train.SessionRunHook):
         self._sums = dict.fromkeys(self._tensors, 0.0)
 
     def before_run(self, run_context):
-        return tf.train.SessionRunArgs({"step": self._global_step, **self._tensors})
+        return tf.train.SessionRunArgs(self._tensors)
 
     def after_run(self, run_context, run_values):
         values = run_values.results
-        step = values.pop("step") + 1  # fetched before this step's increment
+        # Read after the step: within the step's own run the read would race the increment
+        # (and on TPU one run is a whole loop of steps).
+        step = run_context.session.run(self._global_step)
         for key, value in values.items():
             self._sums[key] += value
         if step % self._every:
@@ -54,8 +56,8 @@ class TrainLogHook(tf.train.SessionRunHook):
         self._writer.flush()
 
 
-def summary_host_call(config, global_step, loss, lr):
-    """TPUEstimator host_call writing `loss` and `lr` each step (runs on the host, also on TPU)."""
+def summary_host_call(config, step, loss, lr):
+    """TPUEstimator host_call writing `loss` and `lr` at `step` (runs on the host, also on TPU)."""
     model_path = config.model_path
     queue = config.train.iterations
 
@@ -67,4 +69,4 @@ def summary_host_call(config, global_step, loss, lr):
                 return tf.summary.all_v2_summary_ops()
 
     # host_call tensors need a leading batch-like dimension.
-    return host_call, [tf.reshape(global_step, [1]), tf.reshape(loss, [1]), tf.reshape(lr, [1])]
+    return host_call, [tf.reshape(step, [1]), tf.reshape(loss, [1]), tf.reshape(lr, [1])]

@@ -19,6 +19,9 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         # Dropout masks are drawn from op-level seeds derived from this, so runs repeat.
         tf.set_random_seed(config.data.seed)
         global_step = tf.train.get_or_create_global_step()
+        # Everything in this step reads the step number once, before the increment that the
+        # train op runs last (resource-variable reads would otherwise race it).
+        step = tf.identity(global_step.read_value())
 
         graph = mtf.Graph()
         mesh_impl, placer = mesh_implementation(hardware, config.mesh, params)
@@ -32,7 +35,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         loss, cross_entropy = token_losses(logits, targets, d, config.model.z_loss)
 
         if train:
-            updates, lr, grad_norm = minimize(loss, graph, config.train, global_step)
+            updates, lr, grad_norm = minimize(loss, graph, config.train, step)
         else:
             mean_logits = mtf.reduce_mean(mtf.to_float(logits), output_shape=[d.batch])
 
@@ -41,16 +44,15 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         restore_hook = mtf.MtfRestoreHook(lowering)
 
         if train:
-            tf_updates = [lowering.lowered_operation(op) for op in updates]
-            tf_updates.append(tf.assign_add(global_step, 1))
-            train_op = tf.group(tf_updates)
+            with tf.control_dependencies([lowering.lowered_operation(op) for op in updates]):
+                train_op = tf.assign_add(global_step, 1)
             tf_grad_norm = lowering.export_to_tf_tensor(grad_norm)
             saver_hook = checkpoints.saver_hook(config, lowering, steps_per_checkpoint)
             logged = {} if hardware.use_tpu else {"loss": tf_loss, "lr": lr, "grad_norm": tf_grad_norm}
             training_hooks = [restore_hook, saver_hook, hooks.TrainLogHook(config, global_step, logged)]
             return TPUEstimatorSpec(
                 mode, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
-                host_call=hooks.summary_host_call(config, global_step, tf_loss, lr))
+                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr))
 
         tokens_ce = lowering.export_to_tf_tensor(cross_entropy)
         tf_mean_logits = lowering.export_to_tf_tensor(mean_logits)

@@ -1,0 +1,115 @@
+"""Shared fixtures: TFRecords made from the shipped sample corpus by our own converter, tiny
+configs written to a temp dir, runs of the real `main.py`, and scalars read back from TensorBoard."""
+import copy
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from inputs.tokenizer import load_tokenizer  # noqa: E402
+from meshtf import mtf, tf  # noqa: E402
+from tfrecords_tools.create_tfrecords import create_tfrecords  # noqa: E402
+
+SAMPLE = os.path.join(REPO, "data", "sample")
+
+TINY = {
+    "n_ctx": 32, "n_embd": 32, "n_head": 4, "n_layer": 2, "n_vocab": 50257,
+    "attention_types": [[["global", "local"], 1]], "local_attention_radius": 8,
+    "mesh_shape": "x:1", "layout": "batch:x",
+    "train_batch_size": 4, "eval_batch_size": 4, "predict_batch_size": 1,
+    "train_steps": 10, "eval_steps": 0, "predict_steps": 0, "iterations": 5,
+    "lr": 0.002, "warmup_steps": 2, "lr_decay": "cosine", "opt_name": "adam",
+    "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8, "weight_decay": 0.01, "gradient_clipping": 1.0,
+    "embed_dropout": 0.0, "attn_dropout": 0.0, "res_dropout": 0.0,
+    "scale_by_depth": True, "scale_by_in": False,
+    "datasets": [["sample", None, None, None]],
+}
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    return load_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="session")
+def sample_records(tmp_path_factory, gpt2_tokenizer):
+    """records(n_ctx) -> directory with train/ and val/ TFRecords of n_ctx + 1 tokens (made once per n_ctx)."""
+    made = {}
+
+    def records(n_ctx):
+        if n_ctx not in made:
+            root = str(tmp_path_factory.mktemp("records_%d" % n_ctx))
+            for split in ("train", "val"):
+                create_tfrecords(os.path.join(SAMPLE, split + ".jsonl.zst"), os.path.join(root, split),
+                                 gpt2_tokenizer, name="sample", chunk_size=n_ctx, files_per=300)
+            made[n_ctx] = root
+        return made[n_ctx]
+
+    return records
+
+
+@pytest.fixture
+def make_config(tmp_path, sample_records):
+    """make_config(**overrides) -> path of a tiny model config (and its dataset config) in tmp_path."""
+
+    def make(name="tiny", records_dir=None, **overrides):
+        raw = copy.deepcopy(TINY)
+        raw["model_path"] = str(tmp_path / (name + "_model"))
+        raw.update(overrides)
+        records_dir = records_dir or sample_records(raw["n_ctx"])
+        dataset_dir = tmp_path / "dataset_configs"
+        dataset_dir.mkdir(exist_ok=True)
+        (dataset_dir / "sample.json").write_text(json.dumps({
+            "n_vocab": 50257, "path": os.path.join(records_dir, "train", "*.tfrecords"),
+            "eval_path": os.path.join(records_dir, "val", "*.tfrecords"),
+            "tokenizer_path": "gpt2", "eos_id": 50256, "padding_id": 50256}))
+        path = tmp_path / (name + ".json")
+        path.write_text(json.dumps(raw))
+        return str(path)
+
+    return make
+
+
+def run_main(*args):
+    import main
+    return main.main(list(args))
+
+
+def scalars(model_path, tag):
+    """{step: value} of a TensorBoard scalar written under model_path (not its subdirectories)."""
+    values = {}
+    for path in tf.io.gfile.glob(os.path.join(model_path, "events.out.tfevents.*")):
+        for event in tf.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    number = value.simple_value if value.HasField("simple_value") else \
+                        float(tf.make_ndarray(value.tensor))
+                    values[event.step] = number
+    return values
+
+
+def checkpoint_logits(config, checkpoint, ids):
+    """Our model's logits for `ids` [batch, n_ctx] from a checkpoint, on a one-device mesh."""
+    from models.dims import Dims
+    from models.gpt import gpt
+
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        d = Dims.build(config.model, ids.shape[0])
+        tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
+        logits = gpt(tokens, d, config.model, train=False, seed=config.data.seed)
+        impl = mtf.placement_mesh_impl.PlacementMeshImpl(mtf.convert_to_shape("all:1"),
+                                                          mtf.convert_to_layout_rules(""), ["/cpu:0"])
+        lowering = mtf.Lowering(graph, {mesh: impl})
+        out = lowering.export_to_tf_tensor(logits)
+        saver = tf.train.Saver(tf.global_variables())
+        with tf.Session() as session:
+            saver.restore(session, checkpoint)
+            session.run(lowering.copy_masters_to_slices())
+            return np.asarray(session.run(out))
