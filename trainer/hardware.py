@@ -6,6 +6,8 @@ mesh that cannot fit the machine is reported as a one-line error.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from absl import flags
+
 from meshtf import mtf, tf
 from trainer.config import ConfigError
 
@@ -78,6 +80,9 @@ def mesh_implementation(hardware, mesh_config, params):
     placer = mtf.utils.BalancedVariablePlacer(
         host_devices, [TPU_HOST0_RESERVED_BYTES * num_hosts] + [0] * (num_hosts - 1))
     physical_shape = list(context.device_assignment.topology.mesh_shape)
+    # mesh-tf reads an absl flag here; unparsed absl flags would parse our own argv and fail.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
     logical_to_physical = mtf.simd_mesh_impl.auto_logical_to_physical_tpu(
         shape.to_integer_list, physical_shape)
     impl = mtf.simd_mesh_impl.SimdMeshImpl(shape, layout, [""] * shape.size, context.device_assignment,

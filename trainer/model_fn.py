@@ -25,7 +25,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
 
         graph = mtf.Graph()
         mesh_impl, placer = mesh_implementation(hardware, config.mesh, params)
-        mesh = mtf.Mesh(graph, "mesh", placer.device_function if placer else None)
+        mesh = mtf.Mesh(graph, "mesh", placer)
         d = Dims.build(config.model, config.train.batch_size(mode_name))
         shape = mtf.Shape([d.batch, d.sequence])
         ids = mtf.import_fully_replicated(mesh, features, shape, name="ids")

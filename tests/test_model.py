@@ -1,0 +1,143 @@
+"""The Mesh-TF model against an independent numpy GPT-Neo, across meshes, and on the TPU (SIMD) lowering."""
+import types
+
+import numpy as np
+import pytest
+from reference_models import numpy_gpt_neo_logits
+from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
+from tensorflow.python.tpu import device_assignment as device_assignment_lib
+from tensorflow.python.tpu import topology as topology_lib
+
+from meshtf import mtf, tf
+from models.dims import Dims
+from models.gpt import gpt, token_losses
+from models.layers import local_block_length
+from trainer.config import build_config
+from trainer.hardware import Hardware
+from trainer.model_fn import build_model_fn
+
+BASE = dict(n_embd=16, n_head=4, n_layer=2, n_vocab=64, attention_types=[[["local", "global"], 1]],
+            model_path="/unused", train_batch_size=2, train_steps=10, lr=1e-3, opt_name="adam",
+            iterations=1, datasets=[], no_dataset=True, gradient_clipping=1.0, weight_decay=0.1)
+
+
+def make(mesh_shape="x:1", layout="", **overrides):
+    raw = dict(BASE, mesh_shape=mesh_shape, layout=layout, **overrides)
+    return build_config(raw, "test", [])
+
+
+def lowered(config, ids, labels, mesh_impl):
+    """Build the model on `mesh_impl`; return (lowering, logits, loss, {variable name: gradient})."""
+    graph = mtf.Graph()
+    mesh = mtf.Mesh(graph, "mesh")
+    d = Dims.build(config.model, ids.shape[0])
+    shape = mtf.Shape([d.batch, d.sequence])
+    tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), shape)
+    targets = mtf.import_fully_replicated(mesh, tf.constant(labels, tf.int32), shape)
+    logits = gpt(tokens, d, config.model, train=False, seed=1)
+    loss, _ = token_losses(logits, targets, d, config.model.z_loss)
+    variables = graph.trainable_variables
+    grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
+    lowering = mtf.Lowering(graph, {mesh: mesh_impl})
+    exported = {v.name: lowering.export_to_tf_tensor(g) for v, g in zip(variables, grads)}
+    return lowering, lowering.export_to_tf_tensor(logits), lowering.export_to_tf_tensor(loss), exported
+
+
+def placement(config, devices):
+    return mtf.placement_mesh_impl.PlacementMeshImpl(
+        mtf.convert_to_shape(config.mesh.shape_string), mtf.convert_to_layout_rules(config.mesh.layout_string),
+        ["/cpu:%d" % i for i in range(devices)])
+
+
+def randomize_and_run(lowering, fetches, seed=0, devices=1):
+    """Give every variable random values (std 0.2, norm gains around 1) and run `fetches`."""
+    rng = np.random.RandomState(seed)
+    with tf.Session(config=tf.ConfigProto(device_count={"CPU": devices})) as session:
+        session.run(tf.global_variables_initializer())
+        weights = {}
+        for v in sorted(tf.global_variables(), key=lambda v: v.name):
+            name = v.name.split(":")[0]
+            if v.dtype.base_dtype != tf.float32 or "adam" in name:
+                continue
+            value = rng.normal(0, 0.2, v.shape.as_list()).astype(np.float32)
+            if name.endswith("/g"):
+                value += 1.0
+            v.load(value, session)
+            weights[name] = value
+        session.run(lowering.copy_masters_to_slices())
+        return weights, session.run(fetches)
+
+
+@pytest.mark.parametrize("n_ctx,radius", [
+    (32, 8),   # blocks of 8: each query block sees its block and the previous one
+    (30, 8),   # blocks of 10 (smallest divisor of 30 that holds the window)
+    (14, 8),   # no divisor fits: full band mask
+    (16, 32),  # window longer than the sequence: same as global
+])
+def test_logits_equal_numpy_reference(n_ctx, radius):
+    config = make(n_ctx=n_ctx, local_attention_radius=radius)
+    rng = np.random.RandomState(1)
+    ids = rng.randint(0, 64, size=(2, n_ctx))
+    ids[1, -1] = 64  # an id == n_vocab embeds as zeros, as the original's one-hot lookup
+    with tf.Graph().as_default():
+        lowering, logits, _, _ = lowered(config, ids, ids, placement(config, 1))
+        weights, ours = randomize_and_run(lowering, logits)
+    raw = dict(BASE, n_ctx=n_ctx, local_attention_radius=radius)
+    expected = numpy_gpt_neo_logits(weights, raw, ids)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-4)
+
+
+def test_local_block_length():
+    assert local_block_length(2048, 256) == 256
+    assert local_block_length(30, 8) == 10
+    assert local_block_length(14, 8) is None
+    assert local_block_length(16, 32) is None
+
+
+@pytest.mark.parametrize("mesh_shape,layout", [("x:2,y:4", "batch:x,heads:y,vocab:y"),
+                                               ("x:2,y:4", "batch:x,embd:y"),
+                                               ("x:8", "batch:x")])
+def test_loss_and_gradients_equal_across_meshes(mesh_shape, layout):
+    ids = np.random.RandomState(2).randint(0, 64, size=(8, 16))
+    labels = np.roll(ids, -1, axis=1)
+    results = []
+    for shape, rules, devices in (("x:1", "", 1), (mesh_shape, layout, 8)):
+        config = make(shape, rules, n_ctx=16, local_attention_radius=4, train_batch_size=8)
+        with tf.Graph().as_default():
+            lowering, _, loss, grads = lowered(config, ids, labels, placement(config, devices))
+            results.append(randomize_and_run(lowering, (loss, grads), devices=devices)[1])
+    (loss_1, grads_1), (loss_8, grads_8) = results
+    np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
+    assert grads_1.keys() == grads_8.keys() and len(grads_1) == 2 + 2 * 13 + 2
+    for name in grads_1:
+        scale = np.abs(grads_1[name]).max()
+        assert np.abs(grads_8[name] - grads_1[name]).max() <= 1e-5 * max(scale, 1e-3), name
+
+
+def v3_8_context():
+    """What TPUEstimator hands the model_fn on a v3-8 (one host, 2x2 chips, 2 cores each), built
+    from a real Topology and DeviceAssignment since this machine has no TPU."""
+    coordinates = np.array([[[x, y, 0, core] for y in range(2) for x in range(2) for core in range(2)]], np.int32)
+    topology = topology_lib.Topology(mesh_shape=[2, 2, 1, 2], device_coordinates=coordinates)
+    assignment = device_assignment_lib.DeviceAssignment.build(topology, num_replicas=8)
+    return types.SimpleNamespace(num_hosts=1, device_assignment=assignment,
+                                 tpu_host_placement_function=lambda host_id: "/task:%d/device:CPU:0" % host_id)
+
+
+def test_training_graph_lowers_on_the_tpu_simd_mesh(tmp_path):
+    """What a CPU can check of the TPU path: our model_fn builds the whole training step
+    (SIMD lowering, host variable placement, optimizer, saver, summaries) for --tpu."""
+    config = make("x:2,y:4", "batch:x,heads:y,vocab:y", n_ctx=16, local_attention_radius=4,
+                  train_batch_size=8, model_path=str(tmp_path))
+    model_fn = build_model_fn(config, Hardware("tpu", tpu_name="my-tpu"), steps_per_checkpoint=100)
+    with tf.Graph().as_default():
+        features = tf.zeros([8, 16], tf.int32)
+        spec = model_fn(features, features, ModeKeys.TRAIN, {"context": v3_8_context()})
+        assert spec.loss.shape.as_list() == [] and spec.train_op is not None
+        ops = tf.get_default_graph().get_operations()
+        # SIMD lowering: one program for all 8 cores, which reads its core number from the TPU.
+        assert any(op.type == "TPUReplicatedInput" for op in ops)
+        names = {v.name.split(":")[0] for v in tf.global_variables()}
+        assert {"gpt2/wte", "gpt2/h1/attn/q/adam_m", "gpt2/h0/mlp/conv1d_main/c_proj/kernel/adam_v"} <= names
+        # Master variables go to the TPU hosts' CPUs, not to the cores.
+        assert all(v.device.endswith("CPU:0") for v in tf.global_variables() if v.name.startswith("gpt2/"))
