@@ -488,6 +488,10 @@ def validate(config):
     if t.opt_name.lower() not in ("adam", "adafactor"):
         raise ConfigError("`opt_name` must be \"adam\" or \"adafactor\", got %r (the original silently "
                           "chose Adafactor for any other value)" % t.opt_name)
+    if t.opt_name.lower() == "adafactor" and t.weight_decay:
+        raise ConfigError("`weight_decay` is %g but Adafactor has no weight decay here (the original passed it "
+                          "as Adafactor's decay rate by mistake); set it to 0 or use opt_name \"adam\""
+                          % t.weight_decay)
     if t.gradient_clipping is not None and t.gradient_clipping <= 0:
         raise ConfigError("`gradient_clipping` must be positive (or omitted for no clipping)")
     for ds in d.dataset_configs:
