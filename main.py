@@ -14,6 +14,7 @@ from meshtf import tf
 from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config
 from trainer.estimator import build_estimator, evaluate, train
 from trainer.hardware import select_hardware
+from trainer.layout_check import check_layout_conflicts
 
 log = logging.getLogger("gptneo")
 
@@ -44,6 +45,7 @@ def run(args):
     check_batch_layout(config, mode)
     if config.train.eval_steps > 0:
         check_batch_layout(config, "eval")
+    check_layout_conflicts(config, mode)
     if config.data.dataset_configs:
         check_tokenizer_vocab(config, tokenizer_for(config.data).get_vocab_size(),
                               config.data.dataset_configs[0].tokenizer_path)
@@ -60,11 +62,10 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.handlers = [handler]  # the current stdout, also when main() runs again in one process
+    log.setLevel(logging.INFO)
     tf.logging.set_verbosity(tf.logging.WARN)
     try:
         run(args)
@@ -75,7 +76,8 @@ def main(argv=None):
         # Assertions in the input pipeline carry a user-facing message; anything else is a bug.
         if "Data error:" not in e.message:
             raise
-        print("error: %s" % e.message[e.message.index("Data error:"):].splitlines()[0], file=sys.stderr)
+        detail = e.message[e.message.index("Data error:"):]
+        print("error: %s" % detail[:detail.index("]")] if "]" in detail else detail, file=sys.stderr)
         return 2
     return 0
 

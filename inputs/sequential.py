@@ -87,22 +87,28 @@ def resume_position(files, examples_seen, count=record_count):
     return _locate(counts, examples_seen % sum(counts))
 
 
+def _check(condition, *message):
+    """An input-pipeline assertion whose first data item is a complete message for the user."""
+    return tf.debugging.Assert(condition, [tf.strings.join(
+        [m if isinstance(m, str) else tf.strings.as_string(m) for m in message])])
+
+
 def _parse(record, n_ctx, n_vocab):
     tokens = tf.io.parse_single_example(record, {"text": tf.io.VarLenFeature(tf.int64)})["text"]
-    tokens = tf.cast(tf.sparse.to_dense(tokens), tf.int32)
+    tokens = tf.sparse.to_dense(tokens)
+    window = tokens[:n_ctx + 1]
     checks = [
-        tf.debugging.assert_greater_equal(
-            tf.size(tokens), n_ctx + 1,
-            message="Data error: a TFRecord record has fewer than n_ctx + 1 = %d tokens; re-create the "
-                    "TFRecords with a chunk size of at least n_ctx. Record length:" % (n_ctx + 1)),
-        tf.debugging.assert_less(
-            tf.reduce_max(tokens[:n_ctx + 1]), n_vocab,
-            message="Data error: a TFRecord holds a token id >= n_vocab = %d; the data was encoded with "
-                    "a larger vocabulary than the config's n_vocab. Largest id:" % n_vocab),
-        tf.debugging.assert_non_negative(tokens, message="Data error: a TFRecord holds a negative token id"),
+        _check(tf.size(tokens) >= n_ctx + 1, "Data error: a TFRecord record has ", tf.size(tokens),
+               " tokens, fewer than n_ctx + 1 = %d; re-create the TFRecords with --chunk_size %d or more"
+               % (n_ctx + 1, n_ctx)),
+        _check(tf.reduce_max(window) < n_vocab, "Data error: a TFRecord holds token id ", tf.reduce_max(window),
+               ", but ids must be < n_vocab = %d: the data was encoded with a larger vocabulary; raise "
+               "n_vocab or re-encode the data" % n_vocab),
+        _check(tf.reduce_min(window) >= 0, "Data error: a TFRecord holds a negative token id ",
+               tf.reduce_min(window)),
     ]
     with tf.control_dependencies(checks):
-        window = tf.reshape(tokens[:n_ctx + 1], [n_ctx + 1])
+        window = tf.reshape(tf.cast(window, tf.int32), [n_ctx + 1])
     return window[:n_ctx], window[1:]
 
 

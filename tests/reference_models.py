@@ -27,8 +27,6 @@ Semantics implemented by the numpy oracle (default flags of the original):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -206,58 +204,23 @@ _CONVERT_SCRIPT = textwrap.dedent(
 )
 
 
-def _tensorflow_is_eager() -> bool:
-    """True unless TensorFlow was already imported and put in graph mode (e.g. by
-    ``tf.compat.v1.disable_v2_behavior()``, which the project's ``meshtf`` module calls).
+def _run_hf_converter(checkpoint_prefix: str, config_file: str, dump_path: str) -> None:
+    """Run HuggingFace's mesh-tf -> PyTorch converter in a fresh Python process.
+
+    ``load_tf_weights_in_gpt_neo`` calls ``tf.dtypes.cast(...).numpy()``, which needs eager
+    execution, and the test session has TensorFlow in graph mode (``meshtf`` disables v2
+    behaviour at import, irreversibly).
     """
-    tf = sys.modules.get("tensorflow")
-    if tf is None:
-        return True
-    return bool(tf.executing_eagerly())
-
-
-def _run_hf_converter(checkpoint_prefix: str, config_file: str, dump_path: str, in_process: bool | None = None) -> None:
-    """Run HuggingFace's mesh-tf -> PyTorch converter.
-
-    ``load_tf_weights_in_gpt_neo`` calls ``tf.dtypes.cast(...).numpy()``, which only works
-    with eager execution. When this process has TensorFlow in graph mode (``meshtf``
-    disables v2 behaviour at import, irreversibly), the converter runs in a fresh Python
-    subprocess instead. ``in_process=None`` chooses automatically.
-    """
-    if in_process is None:
-        in_process = _tensorflow_is_eager()
-    if in_process:
-        from transformers.utils import logging as hf_logging
-
-        previous_verbosity = hf_logging.get_verbosity()
-        # Importing the converter module sets transformers' verbosity to INFO globally.
-        from transformers.models.gpt_neo.convert_gpt_neo_mesh_tf_to_pytorch import (
-            convert_tf_checkpoint_to_pytorch,
+    result = subprocess.run(
+        [sys.executable, "-c", _CONVERT_SCRIPT, checkpoint_prefix, config_file, dump_path],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"HF converter subprocess failed (exit {result.returncode}):\n"
+            f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
         )
-
-        # The converter print()s its whole config and one line per weight; keep that quiet
-        # unless it fails.
-        printed = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(printed):
-                convert_tf_checkpoint_to_pytorch(
-                    tf_checkpoint_path=checkpoint_prefix, config_file=config_file, pytorch_dump_path=dump_path
-                )
-        except Exception as error:
-            raise RuntimeError(f"HF converter failed; its output:\n{printed.getvalue()[-4000:]}") from error
-        finally:
-            hf_logging.set_verbosity(previous_verbosity)
-    else:
-        result = subprocess.run(
-            [sys.executable, "-c", _CONVERT_SCRIPT, checkpoint_prefix, config_file, dump_path],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"HF converter subprocess failed (exit {result.returncode}):\n"
-                f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
-            )
 
 
 def _expected_hf_state_from_checkpoint(checkpoint_prefix: str, vocab_size: int) -> dict[str, np.ndarray]:

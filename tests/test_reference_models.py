@@ -7,14 +7,12 @@ pass and by HuggingFace's converter + GPTNeoForCausalLM.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
 from reference_models import (
-    _run_hf_converter,
     attention_mask,
     expand_attention_types,
     hf_logits_from_mesh_tf_checkpoint,
@@ -124,25 +122,6 @@ def test_numpy_reference_matches_huggingface(tiny_checkpoint, tmp_path):
     ref_global = numpy_gpt_neo_logits(weights, global_config, input_ids[:, :300])
     np.testing.assert_allclose(ref_global[:, :256], ref[:, :256], rtol=0, atol=1e-9)
     assert np.max(np.abs(ref_global[:, 256:] - ref[:, 256:300])) > 1e-3
-
-
-def test_converter_in_subprocess_writes_the_same_model(tiny_checkpoint, tmp_path):
-    """The graph-mode fallback (used once meshtf has disabled eager TF) converts identically."""
-    from safetensors.numpy import load_file
-
-    _, prefix = tiny_checkpoint
-    config_file = tmp_path / "config.json"
-    config_file.write_text(
-        '{"n_embd": 32, "n_layer": 2, "n_head": 4, "attention_types": [[["global", "local"], 1]],'
-        ' "n_positions": 512, "res_dropout": 0, "embed_dropout": 0, "attn_dropout": 0}'
-    )
-    _run_hf_converter(prefix, str(config_file), str(tmp_path / "sub"), in_process=False)
-    _run_hf_converter(prefix, str(config_file), str(tmp_path / "inproc"), in_process=True)
-    sub = load_file(os.path.join(tmp_path, "sub", "model.safetensors"))
-    inproc = load_file(os.path.join(tmp_path, "inproc", "model.safetensors"))
-    assert sorted(sub) == sorted(inproc)
-    for key in sub:
-        np.testing.assert_array_equal(sub[key], inproc[key])
 
 
 LOCAL_3_EXPECTED = np.array(

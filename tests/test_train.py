@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import checkpoint_logits, run_main, scalars
+from conftest import REPO, checkpoint_logits, run_main, scalars
 from reference_models import hf_logits_from_mesh_tf_checkpoint
 
 from meshtf import tf
@@ -53,8 +53,11 @@ def test_eight_device_mesh_trains_like_one_device(make_config, layout):
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
 
 
-def test_periodic_eval_reports_falling_loss_and_perplexity(make_config, capsys):
-    path = make_config("evaluated", train_steps=60, eval_steps=5, iterations=10)
+def test_demo_config_evaluates_periodically_with_falling_loss(make_config, capsys):
+    """The README demo's config (shortened), on TFRecords made from the shipped sample corpus."""
+    demo = json.load(open(os.path.join(REPO, "configs", "demo_cpu.json")))
+    del demo["model_path"], demo["datasets"]
+    path = make_config("demo", **dict(demo, train_steps=60, eval_steps=4, iterations=10))
     assert run_main("--model", path, "--steps_per_checkpoint", "30") == 0
     model_path = json.load(open(path))["model_path"]
     results = [json.loads(line) for line in open(os.path.join(model_path, "eval_results.jsonl"))]

@@ -41,15 +41,23 @@ def read_documents(path):
         if path.endswith(".txt"):
             yield raw.read().decode("utf-8")
             return
-        stream = zstandard.ZstdDecompressor().stream_reader(raw) if path.endswith(".zst") else raw
-        for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), 1):
+        if path.endswith(".zst"):
+            lines = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
+        else:
+            lines = (line.decode("utf-8") for line in raw)
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 text = json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError("%s line %d is not a JSON object with a \"text\" field" % (path, number)) from None
-            yield "\n\n".join(text) if isinstance(text, list) else text
+                text = None
+            if isinstance(text, list) and all(isinstance(t, str) for t in text):
+                text = "\n\n".join(text)
+            if not isinstance(text, str):
+                raise ValueError("%s line %d is not a JSON object with a \"text\" string (or list of strings)"
+                                 % (path, number))
+            yield text
 
 
 def chunks(token_lists, length):
@@ -105,7 +113,11 @@ def create_tfrecords(input_path, output_dir, tokenizer, name="data", chunk_size=
     documents = (text for path in input_files(input_path) for text in read_documents(path))
     token_lists = (encoding.ids + [separator] for encoding in _encode_in_batches(tokenizer, documents))
     records = (serialize(piece) for piece in chunks(token_lists, chunk_size + 1))
-    return write_tfrecords(records, output_dir, name, files_per)
+    written = write_tfrecords(records, output_dir, name, files_per)
+    if not written:
+        raise ValueError("%s holds fewer than chunk_size + 1 = %d tokens: no record written; use a smaller "
+                         "--chunk_size or more text" % (input_path, chunk_size + 1))
+    return written
 
 
 def _encode_in_batches(tokenizer, documents, batch_size=256):

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from meshtf import tf
@@ -191,7 +191,7 @@ REQUIRED = ("n_ctx", "n_embd", "n_head", "n_layer", "n_vocab", "attention_types"
             "layout", "model_path", "train_batch_size", "train_steps", "lr", "opt_name",
             "iterations", "datasets")
 # Keys the original adds at run time; a config that sets them is confused.
-RUNTIME_KEYS = ("num_cores", "auto_layout", "auto_layout_and_mesh_shape", "use_tpu", "gpu_ids",
+RUNTIME_KEYS = ("dataset_configs", "num_cores", "auto_layout", "auto_layout_and_mesh_shape", "use_tpu", "gpu_ids",
                 "steps_per_checkpoint", "predict", "export", "sampling_use_entmax",
                 "slow_sampling", "mode", "num_microbatches", "context", "batch_size", "eval_task",
                 "lambada_tokens_path", "lambada_n_steps", "causal")
@@ -278,9 +278,10 @@ def build_config(raw, name, dataset_dirs):
                             for d in dict.fromkeys(e.id for e in values["datasets"]))
     values["dataset_configs"] = dataset_configs
     if dataset_configs:
-        # As the original: the last dataset config's ids win over the model config's.
-        values["eos_id"] = dataset_configs[-1].eos_id
-        values["padding_id"] = dataset_configs[-1].padding_id
+        # As the original: the last listed dataset's ids win over the model config's.
+        last = next(ds for ds in dataset_configs if ds.id == values["datasets"][-1].id)
+        values["eos_id"] = last.eos_id
+        values["padding_id"] = last.padding_id
 
     groups = {group: _build_group(cls, values) for group, cls in GROUPS.items()}
     mesh = MeshConfig(mesh_shape=parse_mesh_shape(raw["mesh_shape"]),
@@ -381,7 +382,7 @@ def parse_mesh_shape(value):
         raise ConfigError("`mesh_shape` is empty: give at least one mesh dimension, e.g. \"all:1\"")
     shape = []
     for name, size in pairs:
-        if not size.isdigit() or int(size) < 1:
+        if not re.fullmatch("[0-9]+", size) or int(size) < 1:
             raise ConfigError("`mesh_shape` dimension %r has size %r; sizes are positive integers" % (name, size))
         if name in (n for n, _ in shape):
             raise ConfigError("`mesh_shape` names dimension %r twice" % name)
@@ -408,24 +409,24 @@ def _type_name(t):
             dict: "a JSON object"}.get(t, str(t))
 
 
-def _coerce(key, value, annotation):
+def _coerce(key, value, annotation, source="model config"):
     """Check a JSON value against a field's type annotation; return the typed value."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None
-        return _coerce(key, value, [a for a in args if a is not type(None)][0])
+        return _coerce(key, value, [a for a in args if a is not type(None)][0], source)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError("config key `%s` must be a list, got %s" % (key, json.dumps(value)))
-        return tuple(_coerce(key, v, args[0]) for v in value)
+            raise ConfigError("%s key `%s` must be a list, got %s" % (source, key, json.dumps(value)))
+        return tuple(_coerce(key, v, args[0], source) for v in value)
     if annotation is float and _is_int(value):
         return float(value)
     ok = _is_int(value) if annotation is int else isinstance(value, annotation)
     if not ok:
-        raise ConfigError("config key `%s` must be %s, got %s (%s)" % (
-            key, _type_name(annotation), json.dumps(value), type(value).__name__))
+        raise ConfigError("%s key `%s` must be %s, got %s (%s)" % (
+            source, key, _type_name(annotation), json.dumps(value), type(value).__name__))
     return value
 
 
@@ -440,7 +441,7 @@ def _build_group(cls, values, source="model config"):
             elif value is None and f.default is not dataclasses.MISSING and f.default is not None:
                 kwargs[f.name] = f.default  # an explicit null means "the default", as in the original
             else:
-                kwargs[f.name] = _coerce(f.name, value, hints[f.name])
+                kwargs[f.name] = _coerce(f.name, value, hints[f.name], source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError("%s is missing required key `%s`" % (source, f.name))
     return cls(**kwargs)
@@ -471,6 +472,9 @@ def validate(config):
         group = m if hasattr(m, key) else t
         if getattr(group, key) < 1:
             raise ConfigError("`%s` must be at least 1, got %d" % (key, getattr(group, key)))
+    for key in ("embed_dropout", "attn_dropout", "res_dropout"):
+        if not 0 <= getattr(m, key) < 1:
+            raise ConfigError("`%s` is a dropout rate and must be in [0, 1), got %g" % (key, getattr(m, key)))
     if m.n_embd % m.n_head:
         raise ConfigError("`n_embd` (%d) must be divisible by `n_head` (%d): head size = n_embd / n_head"
                           % (m.n_embd, m.n_head))

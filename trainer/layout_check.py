@@ -1,0 +1,40 @@
+"""Check a layout against every tensor the model builds, before the real graph is built.
+
+A tensor may not put two of its dimensions on one mesh dimension (mesh-tf fails deep inside
+the lowering otherwise). Which dimensions meet in one tensor depends on the model, so the
+model is built symbolically in a scratch graph and every tensor's dimensions are checked.
+"""
+from meshtf import mtf, tf
+from models.dims import Dims
+from models.gpt import gpt, token_losses
+from trainer.config import ConfigError
+
+
+def check_layout_conflicts(config, mode="train"):
+    rules = dict(config.mesh.layout)
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "layout_check")
+        d = Dims.build(config.model, config.train.batch_size(mode))
+        ids = mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32)
+        logits = gpt(ids, d, config.model, train=False, seed=0)
+        token_losses(logits, ids, d, config.model.z_loss)
+        for op in graph.operations:
+            for tensor in op.outputs:
+                _check(tensor, rules, config)
+
+
+def _check(tensor, rules, config):
+    seen = {}
+    for dim in tensor.shape.dims:
+        mesh_dim = rules.get(dim.name)
+        if mesh_dim is None:
+            continue
+        if mesh_dim in seen:
+            raise ConfigError(
+                "`layout` puts both %r and %r on mesh dimension %r, but the model has a tensor with both "
+                "(%s, shape %s); a tensor can split over a mesh dimension only once: map one of them to "
+                "another mesh dimension or leave it unsplit" % (
+                    seen[mesh_dim], dim.name, mesh_dim, tensor.operation.name,
+                    [(x.name, x.size) for x in tensor.shape.dims]))
+        seen[mesh_dim] = dim.name
