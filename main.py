@@ -14,7 +14,7 @@ from meshtf import tf
 from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config
 from trainer.estimator import build_estimator, evaluate, train
 from trainer.hardware import select_hardware
-from trainer.layout_check import check_layout_conflicts
+from trainer.preflight import preflight
 
 log = logging.getLogger("gptneo")
 
@@ -42,17 +42,22 @@ def run(args):
     mode = "eval" if args.eval else "train"
     if args.eval and config.train.eval_steps < 1:
         raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`")
+    if args.eval and not tf.train.latest_checkpoint(config.model_path):
+        raise ConfigError("--eval: no checkpoint in %s to evaluate; train first or fix `model_path`"
+                          % config.model_path)
     check_batch_layout(config, mode)
     if config.train.eval_steps > 0:
         check_batch_layout(config, "eval")
-    check_layout_conflicts(config, mode)
+    parameters = preflight(config, mode)
     if config.data.dataset_configs:
         check_tokenizer_vocab(config, tokenizer_for(config.data).get_vocab_size(),
                               config.data.dataset_configs[0].tokenizer_path)
     hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids)
-    log.info("%s: %d layers, n_embd %d, n_ctx %d on %s mesh %s (layout %s)", config.name, config.model.n_layer,
-             config.model.n_embd, config.model.n_ctx, hardware.kind, config.mesh.shape_string,
-             config.mesh.layout_string or "replicated")
+    log.info("%s: %s parameters (%d layers, n_embd %d, n_ctx %d) on %s mesh %s, layout %s", config.name,
+             "{:,}".format(parameters), config.model.n_layer, config.model.n_embd, config.model.n_ctx,
+             hardware.kind, config.mesh.shape_string, config.mesh.layout_string or "replicated")
+    if config.train.predict_steps > 0 and not args.eval:
+        log.warning("predict_steps > 0: sampling during training is not available yet; training without it")
     estimator = build_estimator(config, hardware, args.steps_per_checkpoint)
     if args.eval:
         evaluate(estimator, config, log.info)

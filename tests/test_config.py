@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 
 import main
-from trainer.layout_check import check_layout_conflicts
+from trainer.preflight import preflight
 from trainer.config import (CONFIG_DIR, ConfigError, MeshConfig, check_batch_layout,
                             check_tokenizer_vocab, expand_attention_types, load_config,
                             parse_layout, parse_mesh_shape)
@@ -293,7 +293,7 @@ def test_layout_two_dims_of_one_tensor_on_one_mesh_dim(tiny):
     config = load_config(tiny(layout="embd:x,heads:x"))
     with raises(r"^`layout` puts both 'embd' and 'heads' on mesh dimension 'x', but the model has a tensor "
                 r"with both \(gpt2/h0/attn/q"):
-        check_layout_conflicts(config)
+        preflight(config)
 
 
 def test_batch_not_divisible_by_its_mesh_dim(tiny):

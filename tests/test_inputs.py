@@ -387,9 +387,13 @@ def write_dataset_config(tmp_path, root):
         "path": os.path.join(root, "train", "*.tfrecords"), "eval_path": os.path.join(root, "val", "*.tfrecords")}))
 
 
-def test_cli_short_record_is_a_data_error(tmp_path, make_config, capsys):
-    root = bad_records(tmp_path, [list(range(1, 21))] * 4)  # 20 tokens < n_ctx + 1 = 33
-    config = make_config("short", records_dir=root, train_steps=2, iterations=1)
+@pytest.mark.parametrize("records,message", [
+    ([list(range(1, 21))] * 4, "tokens, fewer than n_ctx + 1 = 33"),  # 20 tokens < n_ctx + 1 = 33
+    ([[11] * 20 + [60000] + [11] * 12] * 4, "ids must be < n_vocab = 50257"),  # 33 tokens, one id >= 50257
+], ids=["short-record", "id-outside-vocab"])
+def test_cli_bad_records_are_one_line_data_errors(tmp_path, make_config, capsys, records, message):
+    root = bad_records(tmp_path, records)
+    config = make_config("bad", records_dir=root, train_steps=2, iterations=1)
     write_dataset_config(tmp_path, root)
     assert run_main("--model", config) == 2
     err = capsys.readouterr().err
@@ -397,20 +401,7 @@ def test_cli_short_record_is_a_data_error(tmp_path, make_config, capsys):
     assert len(lines) == 1, err
     assert "Traceback" not in err, err
     assert lines[0].startswith("error: Data error: ")
-    assert "tokens, fewer than n_ctx + 1 = 33" in lines[0]
-
-
-def test_cli_token_id_outside_the_vocabulary_is_a_data_error(tmp_path, make_config, capsys):
-    root = bad_records(tmp_path, [[11] * 20 + [60000] + [11] * 12] * 4)  # 33 tokens, one id >= 50257
-    config = make_config("big_id", records_dir=root, train_steps=2, iterations=1)
-    write_dataset_config(tmp_path, root)
-    assert run_main("--model", config) == 2
-    err = capsys.readouterr().err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    assert lines[0].startswith("error: Data error: ")
-    assert "ids must be < n_vocab = 50257" in lines[0]
+    assert message in lines[0]
 
 
 def test_cli_dataset_glob_matching_nothing(tmp_path, make_config, capsys):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from reference_models import numpy_gpt_neo_logits
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
+from tensorflow_estimator.python.estimator.tpu.tpu_config import InputPipelineConfig
 from tensorflow.python.tpu import device_assignment as device_assignment_lib
 from tensorflow.python.tpu import topology as topology_lib
 
@@ -12,9 +13,11 @@ from meshtf import mtf, tf
 from models.dims import Dims
 from models.gpt import gpt, token_losses
 from models.layers import local_block_length
-from trainer.config import build_config
+from trainer.config import build_config, load_config
+from trainer.estimator import build_estimator
 from trainer.hardware import Hardware
 from trainer.model_fn import build_model_fn
+from trainer.preflight import preflight
 
 BASE = dict(n_embd=16, n_head=4, n_layer=2, n_vocab=64, attention_types=[[["local", "global"], 1]],
             model_path="/unused", train_batch_size=2, train_steps=10, lr=1e-3, opt_name="adam",
@@ -141,3 +144,29 @@ def test_training_graph_lowers_on_the_tpu_simd_mesh(tmp_path):
         assert {"gpt2/wte", "gpt2/h1/attn/q/adam_m", "gpt2/h0/mlp/conv1d_main/c_proj/kernel/adam_v"} <= names
         # Master variables go to the TPU hosts' CPUs, not to the cores.
         assert all(v.device.endswith("CPU:0") for v in tf.global_variables() if v.name.startswith("gpt2/"))
+
+
+def test_tpu_estimator_and_run_config_for_the_tpu_flag(tmp_path):
+    config = make("x:4,y:2", "batch:x,embd:y", n_ctx=16, train_batch_size=8, eval_batch_size=8,
+                  iterations=50, model_path=str(tmp_path))
+    # A resolver that names a TPU worker without contacting it (the real one asks the GCE metadata).
+    cluster = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({"worker": ["localhost:8470"]}), master="grpc://localhost:8470")
+    estimator = build_estimator(config, Hardware("tpu", tpu_name="my-tpu"), 1000, cluster=cluster)
+    run = estimator.config
+    assert run.master == "grpc://localhost:8470" and run.model_dir == str(tmp_path)
+    assert run.tpu_config.iterations_per_loop == 50
+    assert run.tpu_config.num_shards == 8
+    assert run.tpu_config.num_cores_per_replica == 1
+    assert run.tpu_config.per_host_input_for_training == InputPipelineConfig.BROADCAST
+    # Our saver hook replaces the estimator's default checkpointing.
+    assert run.save_checkpoints_steps is None and run.save_checkpoints_secs is None
+    assert run.save_summary_steps == 50
+    assert estimator._ctx._use_tpu and estimator._ctx._train_batch_size == 8
+
+
+@pytest.mark.parametrize("name,parameters", [("gpt_neo_125M", 125198592), ("gpt_neo_1-3B", 1315575808),
+                                             ("gpt_neo_2-7B", 2651307520)])
+def test_released_configs_have_the_released_parameter_counts(name, parameters):
+    """V·D + n_ctx·D + L·(12D² + 10D) + 2D, the counts of the released GPT-Neo models (spec 3.11)."""
+    assert preflight(load_config(name)) == parameters

@@ -122,3 +122,10 @@ def test_huggingface_loader_reads_our_checkpoint(make_config, tmp_path):
     reader = tf.train.load_checkpoint(checkpoint)
     assert reader.get_tensor("global_step") == 6
     assert np.abs(reader.get_tensor("gpt2/h0/norm_1/g") - 1).max() > 1e-4
+
+
+def test_eval_without_a_checkpoint_is_a_one_line_error(make_config, capsys):
+    path = make_config("untrained", eval_steps=2)
+    assert run_main("--model", path, "--eval") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --eval: no checkpoint in ") and err.count("\n") == 1

@@ -10,7 +10,8 @@ from trainer.checkpoints import latest_step
 from trainer.model_fn import build_model_fn
 
 
-def build_estimator(config, hardware, steps_per_checkpoint):
+def build_estimator(config, hardware, steps_per_checkpoint, cluster=None):
+    """The TPUEstimator; `cluster` defaults to the TPU's resolver (None off TPU)."""
     t = config.train
     tpu_config = tpu_config_lib.TPUConfig(
         iterations_per_loop=t.iterations,
@@ -20,7 +21,7 @@ def build_estimator(config, hardware, steps_per_checkpoint):
         # The input runs once on host 0 and the whole global batch goes to the mesh.
         per_host_input_for_training=tpu_config_lib.InputPipelineConfig.BROADCAST)
     run_config = tpu_config_lib.RunConfig(
-        cluster=hardware.cluster_resolver(),
+        cluster=cluster or hardware.cluster_resolver(),
         model_dir=config.model_path,
         # Our own sharded saver (see trainer/checkpoints.py) replaces the default one.
         save_checkpoints_steps=None,

@@ -1,8 +1,8 @@
-"""Check a layout against every tensor the model builds, before the real graph is built.
+"""Build the model once, symbolically, before the real graph: check the layout, count parameters.
 
 A tensor may not put two of its dimensions on one mesh dimension (mesh-tf fails deep inside
 the lowering otherwise). Which dimensions meet in one tensor depends on the model, so the
-model is built symbolically in a scratch graph and every tensor's dimensions are checked.
+model is built in a scratch graph (no memory is allocated) and every tensor is checked.
 """
 from meshtf import mtf, tf
 from models.dims import Dims
@@ -10,7 +10,8 @@ from models.gpt import gpt, token_losses
 from trainer.config import ConfigError
 
 
-def check_layout_conflicts(config, mode="train"):
+def preflight(config, mode="train"):
+    """Raise ConfigError for a layout conflict; return the number of trainable parameters."""
     rules = dict(config.mesh.layout)
     with tf.Graph().as_default():
         graph = mtf.Graph()
@@ -21,10 +22,11 @@ def check_layout_conflicts(config, mode="train"):
         token_losses(logits, ids, d, config.model.z_loss)
         for op in graph.operations:
             for tensor in op.outputs:
-                _check(tensor, rules, config)
+                _check(tensor, rules)
+        return sum(v.size for v in graph.trainable_variables)
 
 
-def _check(tensor, rules, config):
+def _check(tensor, rules):
     seen = {}
     for dim in tensor.shape.dims:
         mesh_dim = rules.get(dim.name)
