@@ -9,6 +9,8 @@ import logging
 import sys
 
 from inputs.sequential import DataError
+from tfrecords_tools import check_dataset
+from tfrecords_tools.sources import InputError
 from inputs.tokenizer import TokenizerError, tokenizer_for
 from meshtf import tf
 from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config
@@ -31,14 +33,27 @@ def parse_args(argv=None):
     p.add_argument("--steps_per_checkpoint", type=int, default=5000,
                    help="save a checkpoint (and run validation when eval_steps > 0) every N steps")
     p.add_argument("--eval", action="store_true", help="evaluate the latest checkpoint for eval_steps batches")
+    p.add_argument("--check_dataset", action="store_true",
+                   help="check the config's train and eval TFRecords (ids < n_vocab, lengths, CRCs, manifests), "
+                        "print a decoded sample, and exit")
     args = p.parse_args(argv)
     if args.steps_per_checkpoint < 1:
         p.error("--steps_per_checkpoint must be at least 1")
     return args
 
 
+def check_data(config):
+    """--check_dataset: every train and eval file of the config's datasets, against its n_vocab and n_ctx."""
+    globs = [g for ds in config.data.dataset_configs for g in (ds.path, ds.eval_path) if g]
+    problems = check_dataset.check(globs, config.model.n_vocab, config.model.n_ctx, tokenizer_for(config.data))
+    if problems:
+        raise DataError("%d problem(s) in the dataset (listed above)" % problems)
+
+
 def run(args):
     config = load_config(args.model)
+    if args.check_dataset:
+        return check_data(config)
     mode = "eval" if args.eval else "train"
     if args.eval and config.train.eval_steps < 1:
         raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`")
@@ -74,7 +89,7 @@ def main(argv=None):
     tf.logging.set_verbosity(tf.logging.WARN)
     try:
         run(args)
-    except (ConfigError, DataError, TokenizerError) as e:
+    except (ConfigError, DataError, TokenizerError, InputError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     except tf.errors.InvalidArgumentError as e:

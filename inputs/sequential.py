@@ -50,11 +50,17 @@ def training_files(data_config, eval_files=False):
     return files
 
 
+def count_in_name(path):
+    """The record count a file name carries (`..._<count>.tfrecords`), or None."""
+    match = _COUNT_IN_NAME.search(path)
+    return int(match.group(1)) if match else None
+
+
 def record_count(path):
     """Records in a file: from its name when it carries a count, else by reading it."""
-    match = _COUNT_IN_NAME.search(path)
-    if match:
-        return int(match.group(1))
+    named = count_in_name(path)
+    if named is not None:
+        return named
     return sum(1 for _ in tf.io.tf_record_iterator(path))
 
 

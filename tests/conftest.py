@@ -4,12 +4,25 @@ import copy
 import json
 import os
 import sys
+import urllib.parse
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+# gs:// tests use a GCS emulator on 127.0.0.1 (fixture `gcs_bucket`) through TF's modular GCS plugin,
+# which reads these variables when TensorFlow is imported: set them before anything imports TF.
+# Test-only (production code never reads them); preset them to override.
+from gcs_emulator import BUCKET, free_port, start_emulator  # noqa: E402
+
+os.environ.setdefault("TF_USE_MODULAR_FILESYSTEM", "1")
+os.environ.setdefault("CLOUD_STORAGE_EMULATOR_ENDPOINT", "http://127.0.0.1:%d" % free_port())
+os.environ.setdefault("STORAGE_EMULATOR_HOST", os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"])
+os.environ.setdefault("GCS_READ_CACHE_BLOCK_SIZE_MB", "0")
+for _name in ("no_proxy", "NO_PROXY"):  # the emulator is never reached through a proxy
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1"]))
 
 from inputs.tokenizer import load_tokenizer  # noqa: E402
 from meshtf import mtf, tf  # noqa: E402
@@ -46,7 +59,7 @@ def sample_records(tmp_path_factory, gpt2_tokenizer):
             root = str(tmp_path_factory.mktemp("records_%d" % n_ctx))
             for split in ("train", "val"):
                 create_tfrecords(os.path.join(SAMPLE, split + ".jsonl.zst"), os.path.join(root, split),
-                                 gpt2_tokenizer, name="sample", chunk_size=n_ctx, files_per=300)
+                                 "gpt2", name="sample", chunk_size=n_ctx, files_per=300)
             made[n_ctx] = root
         return made[n_ctx]
 
@@ -73,6 +86,16 @@ def make_config(tmp_path, sample_records):
         return str(path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """The bucket "gs://testbucket" on a GCS emulator on 127.0.0.1, started on first use, stopped at session end."""
+    endpoint = urllib.parse.urlsplit(os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"])
+    if endpoint.hostname != "127.0.0.1" or not endpoint.port:
+        pytest.fail("CLOUD_STORAGE_EMULATOR_ENDPOINT must be http://127.0.0.1:PORT, not %s" % endpoint.geturl())
+    with start_emulator(endpoint.port):
+        yield "gs://" + BUCKET
 
 
 def run_main(*args):

@@ -1,157 +1,349 @@
-"""Text and Pile shards (*.jsonl.zst) -> TFRecords that main.py reads, on local disk or gs://.
+"""Pile shards (*.jsonl.zst) and text -> the TFRecords main.py reads, locally or on gs://.
 
-Documents are tokenized, each followed by the separator (end-of-text) token, and the token
-stream is cut into records of exactly chunk_size + 1 tokens. Unlike the original, a document's
-tail carries over into the next document instead of being dropped, so short documents are
-kept. Files are named `<name>_<index>_<records>.tfrecords` (the reader parses the count) and
-appear under their final name only once complete.
+    python -m tfrecords_tools.create_tfrecords --input_dir /data/pile/train --output_dir gs://bucket/pile/train \\
+        --name pile --encoder_path gpt2 --chunk_size 2048 --processes 8 \\
+        --write_dataset_config configs/dataset_configs/pile.json
 
-    python -m tfrecords_tools.create_tfrecords --input_dir data/sample/train.jsonl.zst \
-        --output_dir build/sample/train --encoder_path gpt2 --chunk_size 128
+Modes:
+  chunks     records of exactly chunk_size + 1 tokens cut from the stream of documents, each followed
+             by the separator; a document's remainder carries into the next record (the original
+             dropped every document shorter than a chunk except at file boundaries).
+  documents  one record per document (its tokens + separator), for the stitching input modes.
+
+Output: `<name>_<index>_<records>.tfrecords` (the count is what the sequential reader parses),
+`files_per` records a file, and `<name>.manifest.json` listing every file with its records, tokens,
+bytes and sha256, plus the inputs, tokenizer and arguments. Files are numbered in document
+order (inputs in natural-sort order), so the output does not depend on --processes.
+
+Resumable: an interrupted run, started again with the same arguments, continues after the last
+complete file and ends with byte-identical output. Files appear under their final name only
+when complete.
 """
 import argparse
-import io
-import json
+import collections
+import dataclasses
+import multiprocessing
 import os
 import sys
+import time
 
-import zstandard
-
-from inputs.sequential import natural_sort_key
-from inputs.tokenizer import END_OF_TEXT, TokenizerError, load_tokenizer
+from inputs.tokenizer import END_OF_TEXT, PADDING, TokenizerError, load_tokenizer
 from meshtf import tf
+from tfrecords_tools import records
+from tfrecords_tools.sources import InputError, SkipCounts, TextOptions, document_stream, input_files
 
-INPUT_PATTERNS = ("*.jsonl.zst", "*.jsonl", "*.txt")
-
-
-def input_files(input_path):
-    """A file, a glob, or a directory scanned for *.jsonl.zst, *.jsonl and *.txt."""
-    if tf.io.gfile.isdir(input_path):
-        files = [f for pattern in INPUT_PATTERNS for f in tf.io.gfile.glob(os.path.join(input_path, pattern))]
-    else:
-        files = tf.io.gfile.glob(input_path)
-    if not files:
-        raise FileNotFoundError("no input files at %s (looked for %s)" % (input_path, ", ".join(INPUT_PATTERNS)))
-    return sorted(files, key=natural_sort_key)
+MODES = ("chunks", "documents")
+SKIP_FIELDS = [f.name for f in dataclasses.fields(SkipCounts)]
+MANIFEST_VERSION = 1
+BATCH_DOCUMENTS = 256          # documents per tokenizer batch
+BATCH_CHARACTERS = 4 << 20     # ... or this much text, whichever comes first
 
 
-def read_documents(path):
-    """Texts of one file: each JSON line's `text` (a list is joined by blank lines), or a whole .txt."""
-    with tf.io.gfile.GFile(path, "rb") as raw:
-        if path.endswith(".txt"):
-            yield raw.read().decode("utf-8")
-            return
-        if path.endswith(".zst"):
-            lines = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
-        else:
-            lines = (line.decode("utf-8") for line in raw)
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                text = None
-            if isinstance(text, list) and all(isinstance(t, str) for t in text):
-                text = "\n\n".join(text)
-            if not isinstance(text, str):
-                raise ValueError("%s line %d is not a JSON object with a \"text\" string (or list of strings)"
-                                 % (path, number))
-            yield text
+class ConversionError(ValueError):
+    """A problem with the arguments or the output directory, worded for the user."""
 
 
-def chunks(token_lists, length):
-    """Consecutive pieces of exactly `length` tokens from the concatenated lists (the last partial one is dropped)."""
-    pending = []
-    for tokens in token_lists:
-        pending.extend(tokens)
-        while len(pending) >= length:
-            yield pending[:length]
-            del pending[:length]
+# ---------------------------------------------------------------------------------------------
+# Tokenizing in batches, in this process or a pool, always in input order.
+
+_worker_tokenizer = None
 
 
-def serialize(tokens):
-    feature = tf.train.Feature(int64_list=tf.train.Int64List(value=tokens))
-    return tf.train.Example(features=tf.train.Features(feature={"text": feature})).SerializeToString()
+def _start_worker(tokenizer_path):
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(tokenizer_path)
 
 
-def write_tfrecords(records, output_dir, name, files_per):
-    """Write serialized records, `files_per` to a file; return the final file paths.
+def _encode(texts):
+    return [encoding.ids for encoding in _worker_tokenizer.encode_batch(texts)]
 
-    Each file is written under a temporary name and renamed when complete, so a crash never
-    leaves a partial file under a name the reader would take.
+
+def _batches(documents):
+    """Group (position, text) into batches by count and size; yields (positions, texts, characters)."""
+    positions, texts, size = [], [], 0
+    for position, text in documents:
+        positions.append(position)
+        texts.append(text)
+        size += len(text)
+        if len(texts) == BATCH_DOCUMENTS or size >= BATCH_CHARACTERS:
+            yield positions, texts, size
+            positions, texts, size = [], [], 0
+    if texts:
+        yield positions, texts, size
+
+
+def tokenized(documents, tokenizer_path, processes):
+    """Yield (position, token ids, characters) per document, in input order.
+
+    With several processes, at most 2 batches per process are in flight, so memory does not
+    grow with the input however fast it is read.
     """
-    tf.io.gfile.makedirs(output_dir)
-    written, batch = [], []
-
-    def flush():
-        final = os.path.join(output_dir, "%s_%d_%d.tfrecords" % (name, len(written), len(batch)))
-        temp = final + ".incomplete"
-        with tf.io.TFRecordWriter(temp) as writer:
-            for record in batch:
-                writer.write(record)
-        tf.io.gfile.rename(temp, final, overwrite=True)
-        written.append(final)
-        batch.clear()
-
-    for record in records:
-        batch.append(record)
-        if len(batch) == files_per:
-            flush()
-    if batch:
-        flush()
-    return written
+    batches = _batches(documents)
+    if processes <= 1:
+        _start_worker(tokenizer_path)
+        for positions, texts, size in batches:
+            yield from _per_document(positions, _encode(texts), size)
+        return
+    with multiprocessing.get_context("spawn").Pool(processes, _start_worker, (tokenizer_path,)) as pool:
+        pending = collections.deque()
+        for positions, texts, size in batches:
+            pending.append((positions, pool.apply_async(_encode, (texts,)), size))
+            if len(pending) >= 2 * processes:
+                positions, result, size = pending.popleft()
+                yield from _per_document(positions, result.get(), size)
+        while pending:
+            positions, result, size = pending.popleft()
+            yield from _per_document(positions, result.get(), size)
 
 
-def create_tfrecords(input_path, output_dir, tokenizer, name="data", chunk_size=2048, files_per=100000,
-                     separator=None):
-    """Tokenize every document under `input_path` into records of chunk_size + 1 tokens."""
+def _per_document(positions, ids, size):
+    for i, (position, tokens) in enumerate(zip(positions, ids)):
+        yield position, tokens, size if i == 0 else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The conversion
+
+
+def _arguments(files, tokenizer_path, mode, chunk_size, files_per, separator, minimum_size, options, name):
+    """What decides the output bytes; a resumed run must match it exactly."""
+    return {"inputs": files, "tokenizer": tokenizer_path, "mode": mode, "chunk_size": chunk_size,
+            "files_per": files_per, "separator": separator, "minimum_size": minimum_size, "name": name,
+            "pile_set_names": list(options.pile_set_names), "ftfy": options.ftfy,
+            "wikitext_detokenize": options.wikitext_detokenize, "skip_bad_lines": options.skip_bad_lines}
+
+
+def manifest_path(output_dir, name):
+    return "%s/%s.manifest.json" % (output_dir.rstrip("/"), name)
+
+
+def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mode="chunks", chunk_size=2048,
+                     files_per=100000, separator=None, minimum_size=1, processes=1, options=TextOptions(),
+                     progress=False):
+    """Convert `inputs` (files, directories, globs) to TFRecords in `output_dir`; return the manifest."""
+    if mode not in MODES:
+        raise ConversionError("--mode must be one of %s, got %r" % (", ".join(MODES), mode))
+    if chunk_size < 1 or files_per < 1 or minimum_size < 0 or processes < 1:
+        raise ConversionError("--chunk_size, --files_per and --processes must be at least 1, --minimum_size at least 0")
+    files = input_files(inputs if isinstance(inputs, (list, tuple)) else [inputs])
+    tokenizer = load_tokenizer(tokenizer_path)
+    vocab_size = tokenizer.get_vocab_size()
     if separator is None:
         separator = tokenizer.token_to_id(END_OF_TEXT)
         if separator is None:
-            raise TokenizerError("the tokenizer has no %s token; pass --separator ID" % END_OF_TEXT)
-    documents = (text for path in input_files(input_path) for text in read_documents(path))
-    token_lists = (encoding.ids + [separator] for encoding in _encode_in_batches(tokenizer, documents))
-    records = (serialize(piece) for piece in chunks(token_lists, chunk_size + 1))
-    written = write_tfrecords(records, output_dir, name, files_per)
-    if not written:
-        raise ValueError("%s holds fewer than chunk_size + 1 = %d tokens: no record written; use a smaller "
-                         "--chunk_size or more text" % (input_path, chunk_size + 1))
-    return written
+            raise ConversionError("the tokenizer has no %s token; pass --separator ID" % END_OF_TEXT)
+    if not 0 <= separator < vocab_size:
+        raise ConversionError("--separator %d is outside the tokenizer's vocabulary (0..%d)" % (separator, vocab_size - 1))
+
+    arguments = _arguments(files, tokenizer_path, mode, chunk_size, files_per, separator, minimum_size, options, name)
+    manifest = _start_or_resume(output_dir, name, arguments, vocab_size)
+    if manifest["complete"]:
+        return manifest
+    state = manifest["resume"]
+    skipped = SkipCounts(**state["skipped"])
+    documents = document_stream(files, options, skipped, start=(state["file"], state["document"]))
+    meter = _Progress(progress, manifest)
+
+    pending = list(state["pending"])  # chunks mode: tokens after the last record of the last complete file
+    writer = None
+    for position, tokens, characters in tokenized(documents, tokenizer_path, processes):
+        meter.update(characters, len(tokens))
+        manifest["documents"] += 1
+        if mode == "documents":
+            if len(tokens) + 1 < max(minimum_size, 1):
+                manifest["short_documents"] += 1
+                continue
+            pieces, pending = [tokens + [separator]], []
+        else:
+            pending.extend(tokens)
+            pending.append(separator)
+            cut = len(pending) - len(pending) % (chunk_size + 1)
+            pieces = [pending[i:i + chunk_size + 1] for i in range(0, cut, chunk_size + 1)]
+            pending = pending[cut:]
+        for i, piece in enumerate(pieces):
+            writer = writer or records.RecordWriter(_temp_name(output_dir, name, len(manifest["files"])))
+            writer.add(piece)
+            if writer.records == files_per:
+                leftover = [t for p in pieces[i + 1:] for t in p] + pending
+                _finish_file(manifest, writer, output_dir, name, position, leftover)
+                writer = None
+    if writer:
+        _finish_file(manifest, writer, output_dir, name, None, pending)
+    manifest["discarded_tokens"] = len(pending) if mode == "chunks" else 0
+    manifest["skipped"] = vars(skipped)
+    manifest["complete"] = True
+    manifest["resume"] = None
+    records.write_json(manifest_path(output_dir, name), manifest)
+    meter.close()
+    return manifest
 
 
-def _encode_in_batches(tokenizer, documents, batch_size=256):
-    batch = []
-    for text in documents:
-        batch.append(text)
-        if len(batch) == batch_size:
-            yield from tokenizer.encode_batch(batch)
-            batch = []
-    if batch:
-        yield from tokenizer.encode_batch(batch)
+def _temp_name(output_dir, name, index):
+    return "%s/%s_%d.tfrecords.incomplete" % (output_dir.rstrip("/"), name, index)
+
+
+def _finish_file(manifest, writer, output_dir, name, position, pending):
+    """Rename the file to its final name and record it in the manifest with where to resume:
+    after the document at `position` (None at the end), with `pending` tokens carried over."""
+    index = len(manifest["files"])
+    entry = writer.finish("%s/%s_%d_%d.tfrecords" % (output_dir.rstrip("/"), name, index, writer.records))
+    manifest["files"].append(entry)
+    manifest["records"] += entry["records"]
+    manifest["tokens"] += entry["tokens"]
+    if position is not None:
+        file_index, doc_index, skip_counts = position
+        manifest["resume"] = {"file": file_index, "document": doc_index + 1, "pending": pending,
+                              "skipped": dict(zip(SKIP_FIELDS, skip_counts)), "documents": manifest["documents"],
+                              "short_documents": manifest["short_documents"]}
+        records.write_json(manifest_path(output_dir, name), manifest)
+
+
+def _start_or_resume(output_dir, name, arguments, vocab_size):
+    path = manifest_path(output_dir, name)
+    tf.io.gfile.makedirs(output_dir)
+    if tf.io.gfile.exists(path):
+        manifest = records.read_json(path)
+        if manifest.get("arguments") != arguments:
+            changed = sorted(k for k in arguments if manifest.get("arguments", {}).get(k) != arguments[k])
+            raise ConversionError("%s was written with other arguments (%s differ); rerun with the same "
+                                  "arguments to resume, or use another --output_dir or --name"
+                                  % (path, ", ".join(changed) or "the manifest version"))
+        if not manifest["complete"]:
+            resume = manifest["resume"]
+            # Counters as they were when the last complete file was written.
+            manifest["documents"] = resume["documents"]
+            manifest["short_documents"] = resume["short_documents"]
+        return manifest
+    existing = tf.io.gfile.glob("%s/%s_*.tfrecords" % (output_dir.rstrip("/"), name))
+    if existing:
+        raise ConversionError("%s already holds %s but no %s: refusing to mix runs; choose another --output_dir "
+                              "or --name" % (output_dir, existing[0].rsplit("/", 1)[-1], path.rsplit("/", 1)[-1]))
+    return {"version": MANIFEST_VERSION, "arguments": arguments, "vocab_size": vocab_size, "files": [],
+            "records": 0, "tokens": 0, "documents": 0, "short_documents": 0, "discarded_tokens": 0,
+            "skipped": vars(SkipCounts()), "complete": False,
+            "resume": {"file": 0, "document": 0, "pending": [], "skipped": vars(SkipCounts()),
+                       "documents": 0, "short_documents": 0}}
+
+
+class _Progress:
+    """documents/s, tokens/s and MB/s on stderr (tqdm), when asked for."""
+
+    def __init__(self, enabled, manifest):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+            self._bar = tqdm(unit=" docs", initial=manifest["documents"], file=sys.stderr, dynamic_ncols=True)
+        self._start = time.perf_counter()
+        self._tokens = self._bytes = 0
+
+    def update(self, characters, tokens):
+        self._tokens += tokens
+        self._bytes += characters
+        if self._bar is not None:
+            self._bar.update(1)
+            seconds = max(time.perf_counter() - self._start, 1e-9)
+            if self._bar.n % 64 == 0:
+                self._bar.set_postfix_str("%.0f tokens/s, %.2f MB/s" % (self._tokens / seconds, self._bytes / seconds / 1e6))
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset config
+
+
+def write_dataset_config(path, manifest, output_dir, tokenizer_path, split="train"):
+    """Write (or update the `path`/`eval_path` of) a dataset config for these TFRecords."""
+    arguments = manifest["arguments"]
+    tokenizer = load_tokenizer(tokenizer_path)
+    padding = tokenizer.token_to_id(PADDING)
+    where = output_dir if output_dir.startswith("gs://") else os.path.abspath(output_dir)
+    glob = "%s/%s_*.tfrecords" % (where.rstrip("/"), arguments["name"])
+    if tokenizer_path == "gpt2":
+        # The original's Pile configs: GPT-2 plus an added <|padding|> = 50257.
+        config = {"n_vocab": 50257, "tokenizer_path": "gpt2", "tokenizer_is_pretrained": True,
+                  "eos_id": arguments["separator"], "padding_id": 50257}
+    else:
+        local = not tokenizer_path.startswith("gs://")
+        config = {"n_vocab": manifest["vocab_size"],
+                  "tokenizer_path": os.path.abspath(tokenizer_path) if local else tokenizer_path,
+                  "tokenizer_is_pretrained": False, "eos_id": arguments["separator"],
+                  "padding_id": padding if padding is not None else arguments["separator"]}
+    if tf.io.gfile.exists(path):
+        existing = records.read_json(path)
+        clash = [k for k in config if k in existing and existing[k] != config[k]]
+        if clash:
+            raise ConversionError("%s exists with other %s; write to another dataset config"
+                                  % (path, ", ".join(clash)))
+        config = dict(existing, **config)
+    config["eval_path" if split == "eval" else "path"] = glob
+    records.write_json(path, config)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_dir", nargs="+", required=True,
+                   help="input files, directories or globs (*.jsonl.zst, *.jsonl, *.jsonl.gz, *.jsonl.xz, *.txt), "
+                        "local or gs://")
+    p.add_argument("--output_dir", default="./tfrecords", help="local directory or gs://bucket/prefix")
+    p.add_argument("--name", default="openwebtext", help="output file name prefix (default: the original's)")
+    p.add_argument("--encoder_path", default="gpt2",
+                   help="tokenizers JSON file, directory with vocab.json + merges.txt or tokenizer.json, "
+                        "or \"gpt2\" (the bundled GPT-2 BPE)")
+    p.add_argument("--mode", choices=MODES, default="chunks", help="records of chunk_size + 1 tokens, or one per document")
+    p.add_argument("--chunk_size", type=int, default=2048, help="model context n_ctx; records hold chunk_size + 1 tokens")
+    p.add_argument("--files_per", type=int, default=100000, help="records per output file")
+    p.add_argument("--minimum_size", type=int, default=1,
+                   help="documents mode: skip documents with fewer tokens (separator included)")
+    p.add_argument("--separator", type=int, default=None,
+                   help="token id appended to every document (default: the tokenizer's <|endoftext|>)")
+    p.add_argument("--processes", type=int, default=1, help="tokenizer processes (output does not depend on it)")
+    p.add_argument("--pile_set_name", action="append", default=[],
+                   help="keep only documents whose meta.pile_set_name is this (repeatable)")
+    p.add_argument("--ftfy", action="store_true", help="fix text with ftfy (NFKC); off by default (the original: on)")
+    p.add_argument("--wikitext-detokenize", dest="wikitext_detokenize", action="store_true",
+                   help="undo WikiText tokenization spacing; off by default (the original: on for all data)")
+    p.add_argument("--skip_bad_lines", action="store_true", help="skip and count undecodable lines instead of stopping")
+    p.add_argument("--write_dataset_config", default=None,
+                   help="write or update this dataset config JSON (e.g. configs/dataset_configs/mydata.json)")
+    p.add_argument("--dataset_split", choices=("train", "eval"), default="train",
+                   help="which glob of the dataset config these records are: path (train) or eval_path")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_dir", required=True, help="directory, file or glob of *.jsonl.zst / *.jsonl / *.txt")
-    p.add_argument("--output_dir", default="./tfrecords", help="local directory or gs://bucket/prefix")
-    p.add_argument("--name", default="openwebtext", help="output file name prefix")
-    p.add_argument("--encoder_path", default="gpt2",
-                   help="tokenizers JSON file, directory with vocab.json + merges.txt, or \"gpt2\" (bundled)")
-    p.add_argument("--chunk_size", type=int, default=2048, help="model context n_ctx; records hold chunk_size + 1 tokens")
-    p.add_argument("--files_per", type=int, default=100000, help="records per output file")
-    p.add_argument("--separator", type=int, default=None, help="token id appended to every document (default: <|endoftext|>)")
-    args = p.parse_args(argv)
-    if args.chunk_size < 1 or args.files_per < 1:
-        p.error("--chunk_size and --files_per must be at least 1")
+    args = parse_args(argv)
+    options = TextOptions(tuple(args.pile_set_name), args.ftfy, args.wikitext_detokenize, args.skip_bad_lines)
     try:
-        tokenizer = load_tokenizer(args.encoder_path)
-        files = create_tfrecords(args.input_dir, args.output_dir, tokenizer, args.name, args.chunk_size,
-                                 args.files_per, args.separator)
-    except (FileNotFoundError, ValueError) as e:
+        manifest = create_tfrecords(args.input_dir, args.output_dir, args.encoder_path, args.name, args.mode,
+                                    args.chunk_size, args.files_per, args.separator, args.minimum_size,
+                                    args.processes, options, progress=not args.quiet)
+        if not manifest["files"]:
+            raise ConversionError("the input holds fewer tokens than one record (%d): nothing written; use a "
+                                  "smaller --chunk_size or more text" % (args.chunk_size + 1))
+        if args.write_dataset_config:
+            write_dataset_config(args.write_dataset_config, manifest, args.output_dir, args.encoder_path,
+                                 args.dataset_split)
+    except (InputError, ConversionError, TokenizerError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
-    print("wrote %d file(s) to %s" % (len(files), args.output_dir))
+    except tf.errors.OpError as e:  # unwritable output, missing bucket
+        print("error: cannot write to %s: %s" % (args.output_dir, e.message.splitlines()[0]), file=sys.stderr)
+        return 2
+    skipped = manifest["skipped"]
+    print("wrote %d file(s), %d records, %d tokens from %d documents to %s (skipped: %d bad lines, %d filtered, "
+          "%d empty, %d short; %d tokens left over)" % (
+              len(manifest["files"]), manifest["records"], manifest["tokens"], manifest["documents"],
+              args.output_dir, skipped["bad_lines"], skipped["filtered"], skipped["empty"],
+              manifest["short_documents"], manifest["discarded_tokens"]))
     return 0
 
 

@@ -1,0 +1,193 @@
+"""Inspect TFRecords before a run spends TPU hours on them.
+
+    python -m tfrecords_tools.check_dataset "gs://bucket/pile/train/*.tfrecords" --n_vocab 50257 --n_ctx 2048
+    python main.py --model configs/my_model.json --check_dataset     # the config's train and eval data
+
+Reads every record (framing and CRCs checked, so a corrupt or truncated file is named with the
+byte offset of the damage), counts records and tokens, checks token ids against n_vocab (the
+original silently embedded ids >= n_vocab as zeros), record lengths against n_ctx + 1, the
+record counts in the file names (the sequential reader trusts them), and the sha256 of every
+file a manifest (`*.manifest.json` beside the files) lists. Prints decoded sample text.
+"""
+import argparse
+import hashlib
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import List
+
+from inputs.sequential import count_in_name, natural_sort_key
+from inputs.tokenizer import TokenizerError, load_tokenizer
+from meshtf import tf
+from tfrecords_tools.records import masked_crc, read_json
+from tfrecords_tools.sources import InputError
+
+SAMPLE_CHARACTERS = 500
+
+
+@dataclass
+class FileReport:
+    path: str
+    records: int = 0
+    tokens: int = 0
+    min_id: int = None
+    max_id: int = None
+    shortest: int = None
+    longest: int = None
+    sha256: str = ""
+    bytes: int = 0
+    problems: List[str] = field(default_factory=list)
+    first_record: list = None
+
+
+def read_records(path, report):
+    """Yield the token lists of a TFRecord file, checking its framing; damage goes to report.problems."""
+    digest = hashlib.sha256()
+    offset = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            digest.update(header)
+            if not header:
+                break
+            if len(header) < 12:
+                report.problems.append("truncated record header at byte %d" % offset)
+                break
+            length, length_crc = struct.unpack("<QI", header)
+            if masked_crc(header[:8]) != length_crc:
+                report.problems.append("corrupt record length at byte %d (CRC mismatch)" % offset)
+                break
+            body = f.read(length + 4)
+            digest.update(body)
+            if len(body) < length + 4:
+                report.problems.append("truncated record at byte %d (%d of %d bytes)" % (offset, len(body), length + 4))
+                break
+            data, data_crc = body[:length], struct.unpack("<I", body[length:])[0]
+            if masked_crc(data) != data_crc:
+                report.problems.append("corrupt record data at byte %d (CRC mismatch)" % offset)
+                break
+            try:
+                example = tf.train.Example.FromString(data)
+                tokens = list(example.features.feature["text"].int64_list.value)
+            except Exception:  # protobuf's DecodeError and friends
+                report.problems.append("record at byte %d is not a tf.train.Example" % offset)
+                break
+            offset += 12 + length + 4
+            yield tokens
+    report.sha256 = digest.hexdigest()
+    report.bytes = offset
+
+
+def check_file(path, n_vocab=None, n_ctx=None):
+    report = FileReport(path)
+    for tokens in read_records(path, report):
+        if report.first_record is None:
+            report.first_record = tokens
+        report.records += 1
+        report.tokens += len(tokens)
+        if not tokens:
+            report.problems.append("record %d is empty" % (report.records - 1))
+            continue
+        low, high = min(tokens), max(tokens)
+        report.min_id = low if report.min_id is None else min(report.min_id, low)
+        report.max_id = high if report.max_id is None else max(report.max_id, high)
+        report.shortest = len(tokens) if report.shortest is None else min(report.shortest, len(tokens))
+        report.longest = len(tokens) if report.longest is None else max(report.longest, len(tokens))
+    if n_vocab is not None and report.max_id is not None and report.max_id >= n_vocab:
+        report.problems.append("token id %d >= n_vocab %d" % (report.max_id, n_vocab))
+    if report.min_id is not None and report.min_id < 0:
+        report.problems.append("negative token id %d" % report.min_id)
+    if n_ctx is not None and report.shortest is not None and report.shortest < n_ctx + 1:
+        report.problems.append("a record has %d tokens, fewer than n_ctx + 1 = %d" % (report.shortest, n_ctx + 1))
+    named = count_in_name(path)
+    damaged = any("truncated" in p or "corrupt" in p for p in report.problems)
+    if named is not None and named != report.records and not damaged:
+        report.problems.append("the name says %d records but the file holds %d (the reader would skip wrongly "
+                               "on resume)" % (named, report.records))
+    return report
+
+
+def check_manifests(files):
+    """Problems found comparing the files with the manifests in their directories."""
+    problems = []
+    by_dir = {}
+    for path in files:
+        by_dir.setdefault(path.rsplit("/", 1)[0], []).append(path)
+    for directory, paths in by_dir.items():
+        for manifest_path in tf.io.gfile.glob(directory + "/*.manifest.json"):
+            manifest = read_json(manifest_path)
+            if not manifest.get("complete"):
+                problems.append("%s: the conversion did not finish (rerun it with the same arguments)" % manifest_path)
+            for entry in manifest.get("files", []):
+                path = directory + "/" + entry["name"]
+                if not tf.io.gfile.exists(path):
+                    problems.append("%s: listed file %s is missing" % (manifest_path, entry["name"]))
+    return problems
+
+
+def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, out=print):
+    """Check every file matched by `paths`; print a report; return the number of problems."""
+    files = []
+    for pattern in paths:
+        matched = tf.io.gfile.glob(pattern)
+        if not matched:
+            raise InputError("%s matches no files" % pattern)
+        files += matched
+    files = sorted(dict.fromkeys(files), key=natural_sort_key)
+    expected = _manifest_entries(files)
+    problems = check_manifests(files)
+    total_records = total_tokens = 0
+    first = None
+    for path in files:
+        report = check_file(path, n_vocab, n_ctx)
+        entry = expected.get(path)
+        if entry and (entry["sha256"] != report.sha256 or entry["bytes"] != report.bytes):
+            report.problems.append("sha256/size differ from the manifest (the file changed after it was written)")
+        total_records += report.records
+        total_tokens += report.tokens
+        first = first or report.first_record
+        out("%s: %d records, %d tokens, ids %s..%s, lengths %s..%s%s" % (
+            path, report.records, report.tokens, report.min_id, report.max_id, report.shortest, report.longest,
+            "" if entry is None else ", sha256 ok" if not report.problems else ""))
+        problems += ["%s: %s" % (path, p) for p in report.problems]
+    out("total: %d files, %d records, %d tokens" % (len(files), total_records, total_tokens))
+    if tokenizer is not None and first:
+        text = tokenizer.decode(first)
+        out("first record, decoded:\n%s\n%s\n%s" % ("-" * 40, text[:SAMPLE_CHARACTERS], "-" * 40))
+        if len(text) > SAMPLE_CHARACTERS:
+            out("... last %d characters:\n%s\n%s" % (SAMPLE_CHARACTERS, text[-SAMPLE_CHARACTERS:], "-" * 40))
+    for problem in problems:
+        out("problem: %s" % problem)
+    return len(problems)
+
+
+def _manifest_entries(files):
+    entries = {}
+    for directory in {p.rsplit("/", 1)[0] for p in files}:
+        for manifest_path in tf.io.gfile.glob(directory + "/*.manifest.json"):
+            for entry in read_json(manifest_path).get("files", []):
+                entries[directory + "/" + entry["name"]] = entry
+    return entries
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="TFRecord files or globs, local or gs://")
+    p.add_argument("--n_vocab", type=int, default=None, help="the model's n_vocab: ids must be below it")
+    p.add_argument("--n_ctx", type=int, default=None, help="the model's n_ctx: records need n_ctx + 1 tokens")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to decode a sample with (path or \"gpt2\")")
+    args = p.parse_args(argv)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        problems = check(args.paths, args.n_vocab, args.n_ctx, tokenizer)
+    except (TokenizerError, InputError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    if problems:
+        print("error: %d problem(s) found" % problems, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
