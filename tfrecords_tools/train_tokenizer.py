@@ -1,0 +1,204 @@
+"""Train a byte-level BPE tokenizer on text or Pile shards, local or gs://, like the original's.
+
+The model is the original's: NFKC normaliser, byte-level pre-tokenizer that adds a prefix
+space, byte-level decoder, byte-level post-processor with trimmed offsets, and the special
+tokens `<|endoftext|>` = id 0 and `<|padding|>` = id 1. A dataset config for data encoded
+with it must therefore say
+
+    "tokenizer_path": "<output_dir>/byte-level-bpe.tokenizer.json",
+    "tokenizer_is_pretrained": false, "eos_id": 0, "padding_id": 1
+
+(the original's example dataset config says eos 1 / pad 0, the opposite [Q-27]).
+
+Unlike the original, every document is used (not an unseeded random 20 % of the files, which
+left nothing to train on with fewer than 5 files), documents are streamed rather than copied to
+.txt files, the same inputs give a byte-identical tokenizer file, all 256 bytes are in the
+vocabulary whether or not the corpus has them, and the output directory is never deleted: an
+existing tokenizer file is an error unless --overwrite, which replaces just that file.
+
+    python -m tfrecords_tools.train_tokenizer --input data/sample/train.jsonl.zst \\
+        --output_dir build/sample/tokenizer --vocab_size 1000
+"""
+import argparse
+import importlib.util
+import itertools
+import json
+import os
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from inputs.tokenizer import END_OF_TEXT, PADDING
+from meshtf import tf
+from tfrecords_tools.sources import InputError, SkipCounts, TextOptions, document_stream, input_files
+
+TOKENIZER_FILE = "byte-level-bpe.tokenizer.json"  # the original's name
+SPECIAL_TOKENS = (END_OF_TEXT, PADDING)             # ids 0 and 1, in this order
+EOS_ID, PADDING_ID = 0, 1
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)          # every byte plus the specials
+
+
+class OutputExistsError(FileExistsError):
+    """The tokenizer file is already there and --overwrite was not given."""
+
+
+def new_tokenizer():
+    """The untrained byte-level BPE pipeline of the original."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    return tokenizer
+
+
+def check_sizes(vocab_size, min_frequency):
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError("--vocab_size must be at least %d (256 bytes + %d special tokens), got %d"
+                         % (MIN_VOCAB_SIZE, len(SPECIAL_TOKENS), vocab_size))
+    if min_frequency < 1:
+        raise ValueError("--min_frequency must be at least 1, got %d" % min_frequency)
+
+
+def train_tokenizer(texts, vocab_size, min_frequency=2, show_progress=False):
+    """A byte-level BPE tokenizer of at most `vocab_size` tokens trained on the strings `texts`.
+
+    `texts` is consumed once, as it comes, so it can be a generator over a corpus of any size.
+    The vocabulary is smaller than asked when the corpus has too few pairs seen
+    `min_frequency` times.
+    """
+    check_sizes(vocab_size, min_frequency)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=show_progress)
+    tokenizer = new_tokenizer()
+    tokenizer.train_from_iterator(texts, trainer)
+    assert [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == [EOS_ID, PADDING_ID]
+    return tokenizer
+
+
+@dataclass
+class DocumentCount:
+    documents: int = 0
+
+
+def corpus_texts(inputs, options=TextOptions(), max_documents=None, skipped=None, counted=None):
+    """Texts of the documents under `inputs` (files, directories, globs), at most `max_documents`.
+
+    The files are listed before the first text is asked for, so missing inputs fail at once;
+    `counted` (a DocumentCount) counts the documents yielded.
+    """
+    stream = document_stream(input_files(inputs), options, skipped)
+    counted = counted if counted is not None else DocumentCount()
+
+    def texts():
+        for _position, text in itertools.islice(stream, max_documents):
+            counted.documents += 1
+            yield text
+
+    return texts()
+
+
+def tokenizer_path(output_dir):
+    return os.path.join(output_dir, TOKENIZER_FILE)
+
+
+def check_output(output_dir, overwrite=False):
+    """Raise OutputExistsError if the tokenizer file exists and may not be replaced."""
+    path = tokenizer_path(output_dir)
+    if not overwrite and tf.io.gfile.exists(path):
+        raise OutputExistsError("%s already exists; pass --overwrite to replace it (nothing else in %s is "
+                                "touched)" % (path, output_dir))
+    return path
+
+
+def save_tokenizer(tokenizer, output_dir, overwrite=False):
+    """Write `<output_dir>/byte-level-bpe.tokenizer.json` (local or gs://); return its path.
+
+    The file is written under a unique temporary name next to it and then renamed, so a reader
+    sees the old file or the complete new one, never a partial one; nothing else in
+    `output_dir` is touched.
+    """
+    final = check_output(output_dir, overwrite)
+    tf.io.gfile.makedirs(output_dir)
+    temp = "%s.incomplete-%s" % (final, uuid.uuid4().hex)
+    with tempfile.TemporaryDirectory() as local_dir:
+        # tokenizers writes only to local files: save there, then copy with TF's file API.
+        local = os.path.join(local_dir, TOKENIZER_FILE)
+        tokenizer.save(local, pretty=True)
+        tf.io.gfile.copy(local, temp)
+    try:
+        check_output(output_dir, overwrite)  # it may have appeared while we trained
+        tf.io.gfile.rename(temp, final, overwrite=overwrite)
+    finally:
+        if tf.io.gfile.exists(temp):
+            tf.io.gfile.remove(temp)
+    return final
+
+
+def dataset_config_entries(path, vocab_size):
+    """The dataset-config keys for data encoded with the tokenizer at `path` (add `path`, `eval_path`)."""
+    return {"n_vocab": vocab_size, "tokenizer_path": path, "tokenizer_is_pretrained": False,
+            "eos_id": EOS_ID, "padding_id": PADDING_ID}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", "--input_dir", dest="input", required=True, nargs="+", action="extend",
+                   help="files, directories or globs (local or gs://) of *.jsonl.zst, *.jsonl, *.jsonl.gz, "
+                        "*.jsonl.xz or *.txt (one document per file); --input_dir as in create_tfrecords")
+    p.add_argument("--output_dir", required=True,
+                   help="local directory or gs://bucket/prefix; the tokenizer is written to "
+                        "<output_dir>/%s" % TOKENIZER_FILE)
+    p.add_argument("--vocab_size", required=True, type=int,
+                   help="tokens in the vocabulary, special tokens included (at least %d)" % MIN_VOCAB_SIZE)
+    p.add_argument("--min_frequency", type=int, default=2, help="least count of a pair to be merged")
+    p.add_argument("--pile_set_name", action="append", default=[],
+                   help="train only on jsonl documents whose meta.pile_set_name is this (repeatable)")
+    p.add_argument("--ftfy", action="store_true", help="fix mojibake and NFKC-normalise with ftfy first")
+    p.add_argument("--skip_bad_lines", action="store_true",
+                   help="skip (and count) undecodable lines instead of stopping")
+    p.add_argument("--max_documents", type=int, default=None, help="train on at most this many documents")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing <output_dir>/%s (only that file)" % TOKENIZER_FILE)
+    args = p.parse_args(argv)
+    options = TextOptions(pile_set_names=tuple(args.pile_set_name), ftfy=args.ftfy,
+                          skip_bad_lines=args.skip_bad_lines)
+    skipped, counted = SkipCounts(), DocumentCount()
+    if args.ftfy and importlib.util.find_spec("ftfy") is None:  # else it fails at the first document
+        print("error: --ftfy needs the ftfy package (pip install ftfy)", file=sys.stderr)
+        return 2
+    try:
+        if args.max_documents is not None and args.max_documents < 1:
+            raise ValueError("--max_documents must be at least 1, got %d" % args.max_documents)
+        check_sizes(args.vocab_size, args.min_frequency)
+        check_output(args.output_dir, args.overwrite)
+        texts = corpus_texts(args.input, options, args.max_documents, skipped, counted)
+        tokenizer = train_tokenizer(texts, args.vocab_size, args.min_frequency, show_progress=sys.stderr.isatty())
+        if not counted.documents:
+            raise InputError("no documents to train on (%d filtered out by --pile_set_name, %d empty, %d bad "
+                             "lines skipped)" % (skipped.filtered, skipped.empty, skipped.bad_lines))
+        path = save_tokenizer(tokenizer, args.output_dir, args.overwrite)
+    except (InputError, ValueError, FileExistsError, tf.errors.OpError) as e:
+        message = e.message.splitlines()[0] if isinstance(e, tf.errors.OpError) else str(e)
+        print("error: %s" % message, file=sys.stderr)
+        return 2
+    vocab_size = tokenizer.get_vocab_size()
+    print("trained on %d documents (%d filtered out, %d empty, %d bad lines skipped)"
+          % (counted.documents, skipped.filtered, skipped.empty, skipped.bad_lines))
+    if vocab_size < args.vocab_size:
+        print("note: the corpus gave only %d tokens (asked for %d): too few pairs occur --min_frequency %d times"
+              % (vocab_size, args.vocab_size, args.min_frequency))
+    print("wrote %s (vocab size %d)" % (path, vocab_size))
+    print("dataset config entries for data encoded with it (eos_id 0 and padding_id 1, not the original "
+          "example's 1 and 0), next to `path` and `eval_path`:")
+    print(json.dumps(dataset_config_entries(path, vocab_size), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
