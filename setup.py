@@ -22,6 +22,9 @@ setup(
         "tokenizers>=0.15,<0.22",
         "google-cloud-storage>=2.10",
         "zstandard>=0.21",
+        "google-crc32c>=1.5",
+        "tqdm>=4.60",
+        "ftfy>=6.1",
     ],
     extras_require={
         "test": [
@@ -30,6 +33,8 @@ setup(
             "transformers==4.47.1",
             "torch==2.13.0",
             "safetensors",
+            # Local GCS server for the gs:// tests (tests/gcs_emulator.py).
+            "gcp-storage-emulator==2026.7.19",
         ],
     },
 )

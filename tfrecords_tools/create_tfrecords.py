@@ -200,7 +200,10 @@ def _finish_file(manifest, writer, output_dir, name, position, pending):
 
 def _start_or_resume(output_dir, name, arguments, vocab_size):
     path = manifest_path(output_dir, name)
-    tf.io.gfile.makedirs(output_dir)
+    try:
+        tf.io.gfile.makedirs(output_dir)
+    except tf.errors.OpError as e:
+        raise ConversionError("cannot create --output_dir %s: %s" % (output_dir, e.message.splitlines()[0])) from None
     if tf.io.gfile.exists(path):
         manifest = records.read_json(path)
         if manifest.get("arguments") != arguments:
@@ -218,11 +221,14 @@ def _start_or_resume(output_dir, name, arguments, vocab_size):
     if existing:
         raise ConversionError("%s already holds %s but no %s: refusing to mix runs; choose another --output_dir "
                               "or --name" % (output_dir, existing[0].rsplit("/", 1)[-1], path.rsplit("/", 1)[-1]))
-    return {"version": MANIFEST_VERSION, "arguments": arguments, "vocab_size": vocab_size, "files": [],
-            "records": 0, "tokens": 0, "documents": 0, "short_documents": 0, "discarded_tokens": 0,
-            "skipped": vars(SkipCounts()), "complete": False,
-            "resume": {"file": 0, "document": 0, "pending": [], "skipped": vars(SkipCounts()),
-                       "documents": 0, "short_documents": 0}}
+    manifest = {"version": MANIFEST_VERSION, "arguments": arguments, "vocab_size": vocab_size, "files": [],
+                "records": 0, "tokens": 0, "documents": 0, "short_documents": 0, "discarded_tokens": 0,
+                "skipped": vars(SkipCounts()), "complete": False,
+                "resume": {"file": 0, "document": 0, "pending": [], "skipped": vars(SkipCounts()),
+                           "documents": 0, "short_documents": 0}}
+    # Written before any record file, so every final-named file has a manifest to resume from.
+    records.write_json(path, manifest)
+    return manifest
 
 
 class _Progress:
@@ -335,8 +341,8 @@ def main(argv=None):
     except (InputError, ConversionError, TokenizerError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
-    except tf.errors.OpError as e:  # unwritable output, missing bucket
-        print("error: cannot write to %s: %s" % (args.output_dir, e.message.splitlines()[0]), file=sys.stderr)
+    except tf.errors.OpError as e:  # unreadable input, unwritable output, missing bucket
+        print("error: %s" % e.message.splitlines()[0], file=sys.stderr)
         return 2
     skipped = manifest["skipped"]
     print("wrote %d file(s), %d records, %d tokens from %d documents to %s (skipped: %d bad lines, %d filtered, "

@@ -42,8 +42,8 @@ def input_files(inputs):
     files = []
     for item in inputs:
         if tf.io.gfile.isdir(item):
-            found = [p for p in tf.io.gfile.listdir(item) if p.endswith(FORMATS)]
-            matched = [os.path.join(item, p.rstrip("/")) for p in found]
+            found = [os.path.join(item, p.rstrip("/")) for p in tf.io.gfile.listdir(item)]
+            matched = [p for p in found if p.endswith(FORMATS) and not tf.io.gfile.isdir(p)]
         else:
             matched = [p for p in tf.io.gfile.glob(item) if not tf.io.gfile.isdir(p)]
         if not matched:
@@ -58,7 +58,7 @@ def input_files(inputs):
 def _lines(path, raw):
     """Decoded lines of a (compressed) JSON-lines file, streamed."""
     if path.endswith(".zst"):
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        stream = _ZstdFrames(raw)
     elif path.endswith(".gz"):
         stream = gzip.GzipFile(fileobj=raw)
     elif path.endswith(".xz"):
@@ -66,6 +66,43 @@ def _lines(path, raw):
     else:
         stream = raw
     return io.BufferedReader(_Readable(stream), buffer_size=1 << 20)
+
+
+class _ZstdFrames:
+    """Decompresses concatenated zstd frames; a frame cut short raises ZstdError.
+
+    (zstandard's stream_reader ends quietly at truncated input, which would lose the rest of a
+    shard without a word.)
+    """
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._fed = False
+        self._buffer = b""
+
+    def _decompress(self, data):
+        out = self._frame.decompress(data)
+        self._fed = self._fed or bool(data)
+        while self._frame.eof:
+            unused = self._frame.unused_data
+            self._frame = zstandard.ZstdDecompressor().decompressobj()
+            self._fed = bool(unused)
+            if not unused:
+                break
+            out += self._frame.decompress(unused)
+        return out
+
+    def read(self, size):
+        while len(self._buffer) < size:
+            data = self._raw.read(1 << 20)
+            if not data:
+                if self._fed:
+                    raise zstandard.ZstdError("the last zstd frame is truncated")
+                break
+            self._buffer += self._decompress(data)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
 
 
 class _Readable(io.RawIOBase):
@@ -131,7 +168,8 @@ def _document_text(path, number, line, options, skipped):
             text = "\n\n".join(text)
         if not isinstance(text, str):
             raise ValueError("`text` is not a string")
-    except UnicodeDecodeError:
+        text.encode("utf-8")  # a lone surrogate (valid JSON, e.g. "\\ud83d") is not text
+    except (UnicodeDecodeError, UnicodeEncodeError):
         return _bad(path, number, "is not valid UTF-8", options, skipped)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         return _bad(path, number, 'is not a JSON object with a "text" string (or list of strings)',
