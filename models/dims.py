@@ -22,9 +22,12 @@ INTERMEDIATE_EXPANDED = "intermediate_expanded"
 NUM_BLOCKS = "num_blocks"
 QUERY_BLOCK_LENGTH = "query_block_length"
 MEMORY_BLOCK_LENGTH = "memory_block_length"
+# Decoding: a local layer keeps keys and values of its window only, in a ring buffer.
+LOCAL_MEMORY_LENGTH = "local_memory_length"
 
 MODEL_DIMS = (BATCH, SEQUENCE, MEMORY_LENGTH, EMBED_SEQUENCE, EMBD, HEADS, FEATURES_PER_HEAD,
-              VOCAB, INTERMEDIATE_EXPANDED, NUM_BLOCKS, QUERY_BLOCK_LENGTH, MEMORY_BLOCK_LENGTH)
+              VOCAB, INTERMEDIATE_EXPANDED, NUM_BLOCKS, QUERY_BLOCK_LENGTH, MEMORY_BLOCK_LENGTH,
+              LOCAL_MEMORY_LENGTH)
 # Names the original model family also defines (memory key/values, axial and rotary position
 # embeddings, linear attention, microbatching, mixture of experts). Layout rules may name
 # them; they only take effect in models that have the feature.
@@ -49,6 +52,7 @@ class Dims:
     features_per_head: mtf.Dimension
     vocab: mtf.Dimension
     intermediate: mtf.Dimension
+    local_memory: mtf.Dimension       # local_attention_radius, capped at n_ctx
 
     @classmethod
     def build(cls, model_config, batch_size):
@@ -66,4 +70,5 @@ class Dims:
             features_per_head=mtf.Dimension(FEATURES_PER_HEAD, c.n_embd // c.n_head),
             vocab=mtf.Dimension(VOCAB, c.n_vocab),
             intermediate=mtf.Dimension(INTERMEDIATE_EXPANDED, 4 * c.n_embd),
+            local_memory=mtf.Dimension(LOCAL_MEMORY_LENGTH, min(c.local_attention_radius, c.n_ctx)),
         )

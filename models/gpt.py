@@ -6,7 +6,8 @@
 """
 from meshtf import mtf, tf
 from models import dims as names
-from models.layers import attention, attention_masks, dropout, layer_norm, mlp, normal_initializer
+from models.layers import (attention, attention_masks, attention_step, dropout, layer_norm, mlp,
+                           normal_initializer)
 
 
 def gpt(ids, d, model_config, train, seed, dtype=None):
@@ -15,10 +16,7 @@ def gpt(ids, d, model_config, train, seed, dtype=None):
     dtype = dtype or mtf.VariableDType(tf.float32)
     mesh = ids.mesh
     with tf.variable_scope("gpt2"):
-        wte = mtf.get_variable(mesh, "wte", [d.vocab, d.embd],
-                               initializer=normal_initializer(0.02, "wte", seed), dtype=dtype)
-        wpe = mtf.get_variable(mesh, "wpe", [d.embed_sequence, d.embd],
-                               initializer=normal_initializer(0.01, "wpe", seed), dtype=dtype)
+        wte, wpe = _embedding_tables(mesh, d, dtype, seed)
         # A one-hot lookup, as the original: an id >= n_vocab (GPT-Neo's padding id 50257)
         # embeds as a zero vector instead of failing.
         h = dropout(mtf.gather(wte, ids, d.vocab), c.embed_dropout, train)
@@ -32,6 +30,37 @@ def gpt(ids, d, model_config, train, seed, dtype=None):
 
         h = layer_norm(h, d.embd, "ln_f", dtype)
         return mtf.einsum([h, wte], output_shape=[d.batch, d.sequence, d.vocab])
+
+
+def gpt_step(tokens, step, caches, d, model_config, seed, dtype=None):
+    """One token per row, tokens [batch] at `step.position` -> (logits [batch, vocab], new caches).
+
+    The same weights and arithmetic as `gpt`, for incremental decoding: each layer attends over
+    its cache (see layers.attention_step) instead of recomputing the sequence.
+    """
+    c = model_config
+    dtype = dtype or mtf.VariableDType(tf.float32)
+    with tf.variable_scope("gpt2"):
+        wte, wpe = _embedding_tables(tokens.mesh, d, dtype, seed)
+        h = mtf.gather(wte, tokens, d.vocab) + mtf.gather(wpe, step.position, d.embed_sequence)
+        new_caches = []
+        for i, kind in enumerate(c.attention_types):
+            with tf.variable_scope("h%d" % i):
+                out, cache = attention_step(layer_norm(h, d.embd, "norm_1", dtype), kind, d, c, caches[i], step,
+                                            dtype, seed)
+                h += out
+                h += mlp(layer_norm(h, d.embd, "norm_2", dtype), d, c, False, dtype, seed)
+            new_caches.append(cache)
+        h = layer_norm(h, d.embd, "ln_f", dtype)
+        return mtf.einsum([h, wte], output_shape=[d.batch, d.vocab]), new_caches
+
+
+def _embedding_tables(mesh, d, dtype, seed):
+    wte = mtf.get_variable(mesh, "wte", [d.vocab, d.embd], initializer=normal_initializer(0.02, "wte", seed),
+                           dtype=dtype)
+    wpe = mtf.get_variable(mesh, "wpe", [d.embed_sequence, d.embd],
+                           initializer=normal_initializer(0.01, "wpe", seed), dtype=dtype)
+    return wte, wpe
 
 
 def _block(h, kind, d, c, masks, train, dtype, seed):

@@ -4,6 +4,8 @@ Variable scopes and names are checkpoint API (see the original's variable table)
 scope below is written literally where the variable is created.
 """
 import zlib
+from dataclasses import dataclass
+from typing import Optional
 
 from meshtf import mtf, tf
 from models import dims as names
@@ -103,20 +105,70 @@ def attention(h, kind, d, model_config, masks, train, dtype, seed):
     """
     c = model_config
     with tf.variable_scope("attn"):
-        q = _project(h, d, "q", (c.n_embd * c.head_size) ** -0.5, dtype, seed)
-        k = _project(h, d, "k", c.n_embd ** -0.5, dtype, seed)
-        v = _project(h, d, "v", c.n_embd ** -0.5, dtype, seed)
+        q, k, v = _qkv(h, d, c, dtype, seed)
         if kind == "global":
             out = _full_attention(q, k, v, d, masks["global"], c.attn_dropout, train)
         else:
             out = _local_attention(q, k, v, d, masks, c.n_ctx)
-        out = mtf.replace_dimensions(out, [d.heads, d.features_per_head], d.heads_combined)
-        o = mtf.get_variable(h.mesh, "o", [d.heads_combined, d.embd],
-                             initializer=normal_initializer(c.n_embd ** -0.5, "o", seed), dtype=dtype)
-        out = mtf.einsum([out, o], reduced_dims=[d.heads_combined])
-        with tf.variable_scope("compute_output_bias"):
-            out += mtf.get_variable(h.mesh, "o_b", [d.embd], initializer=tf.zeros_initializer(), dtype=dtype)
+        out = _output_projection(out, d, c, dtype, seed)
     return dropout(out, c.res_dropout, train)
+
+
+def _qkv(h, d, c, dtype, seed):
+    return (_project(h, d, "q", (c.n_embd * c.head_size) ** -0.5, dtype, seed),
+            _project(h, d, "k", c.n_embd ** -0.5, dtype, seed),
+            _project(h, d, "v", c.n_embd ** -0.5, dtype, seed))
+
+
+def _output_projection(out, d, c, dtype, seed):
+    """Concatenated heads [.., heads, features_per_head] @ o + o_b -> [.., embd]."""
+    out = mtf.replace_dimensions(out, [d.heads, d.features_per_head], d.heads_combined)
+    o = mtf.get_variable(out.mesh, "o", [d.heads_combined, d.embd],
+                         initializer=normal_initializer(c.n_embd ** -0.5, "o", seed), dtype=dtype)
+    out = mtf.einsum([out, o], reduced_dims=[d.heads_combined])
+    with tf.variable_scope("compute_output_bias"):
+        out += mtf.get_variable(out.mesh, "o_b", [d.embd], initializer=tf.zeros_initializer(), dtype=dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """Where one decoding step is: the position of its token, and for local layers whose window is
+    shorter than the context, the ring buffer slot it writes (one-hot) and the position each slot
+    holds afterwards (-1 for a slot not written yet). All local layers share these."""
+
+    position: mtf.Tensor
+    ring_slot: Optional[mtf.Tensor] = None
+    ring_positions: Optional[mtf.Tensor] = None
+
+
+def attention_step(h, kind, d, model_config, cache, step, dtype, seed):
+    """Attention of one new token per row, h [batch, embd] at `step.position`, over its layer's cache.
+
+    Global layers keep keys/values of every position [batch, memory_length, ...]; local layers a
+    ring buffer of their window [batch, local_memory_length, ...] (see `DecodeStep`), so a step
+    costs attention over the window only. Returns (output [batch, embd], updated cache).
+    """
+    c = model_config
+    with tf.variable_scope("attn"):
+        q, k, v = _qkv(h, d, c, dtype, seed)
+        if kind == "local" and step.ring_slot is not None:
+            here, visible = step.ring_slot, mtf.greater_equal(step.ring_positions, 0)
+            mask_value = LOCAL_MASK_VALUE
+        else:
+            here = mtf.one_hot(step.position, d.memory_length, dtype=tf.float32)
+            key = mtf.range(h.mesh, d.memory_length, tf.int32)
+            visible = mtf.less_equal(key, step.position)
+            if kind == "local":  # a window that covers the whole context
+                visible = mtf.logical_and(visible, mtf.greater(key, step.position - c.local_attention_radius))
+            mask_value = GLOBAL_MASK_VALUE if kind == "global" else LOCAL_MASK_VALUE
+        k_cache, v_cache = (old + mtf.cast(here, new.dtype) * (new - old) for old, new in zip(cache, (k, v)))
+        memory = k_cache.shape.dims[1]
+        logits = mtf.einsum([mtf.to_float(q), mtf.to_float(k_cache)], output_shape=[d.batch, d.heads, memory])
+        logits += (1.0 - mtf.cast(visible, tf.float32)) * mask_value
+        weights = mtf.softmax(logits, memory)
+        out = mtf.einsum([mtf.cast(weights, v_cache.dtype), v_cache], output_shape=[d.batch, d.heads, d.features_per_head])
+        return _output_projection(out, d, c, dtype, seed), (k_cache, v_cache)
 
 
 def _project(h, d, name, stddev, dtype, seed):

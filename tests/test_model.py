@@ -3,6 +3,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import BASE, make, placement, randomize_and_run
 from reference_models import numpy_gpt_neo_logits
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from tensorflow_estimator.python.estimator.tpu.tpu_config import InputPipelineConfig
@@ -13,21 +14,11 @@ from meshtf import mtf, tf
 from models.dims import Dims
 from models.gpt import gpt, token_losses
 from models.layers import local_block_length
-from trainer.config import build_config, load_config
+from trainer.config import load_config
 from trainer.estimator import build_estimator
 from trainer.hardware import Hardware
 from trainer.model_fn import build_model_fn
 from trainer.preflight import preflight
-
-BASE = dict(n_embd=16, n_head=4, n_layer=2, n_vocab=64, attention_types=[[["local", "global"], 1]],
-            model_path="/unused", train_batch_size=2, train_steps=10, lr=1e-3, opt_name="adam",
-            iterations=1, datasets=[], no_dataset=True, gradient_clipping=1.0, weight_decay=0.1)
-
-
-def make(mesh_shape="x:1", layout="", **overrides):
-    raw = dict(BASE, mesh_shape=mesh_shape, layout=layout, **overrides)
-    return build_config(raw, "test", [])
-
 
 def lowered(config, ids, labels, mesh_impl):
     """Build the model on `mesh_impl`; return (lowering, logits, loss, {variable name: gradient})."""
@@ -44,31 +35,6 @@ def lowered(config, ids, labels, mesh_impl):
     lowering = mtf.Lowering(graph, {mesh: mesh_impl})
     exported = {v.name: lowering.export_to_tf_tensor(g) for v, g in zip(variables, grads)}
     return lowering, lowering.export_to_tf_tensor(logits), lowering.export_to_tf_tensor(loss), exported
-
-
-def placement(config, devices):
-    return mtf.placement_mesh_impl.PlacementMeshImpl(
-        mtf.convert_to_shape(config.mesh.shape_string), mtf.convert_to_layout_rules(config.mesh.layout_string),
-        ["/cpu:%d" % i for i in range(devices)])
-
-
-def randomize_and_run(lowering, fetches, seed=0, devices=1):
-    """Give every variable random values (std 0.2, norm gains around 1) and run `fetches`."""
-    rng = np.random.RandomState(seed)
-    with tf.Session(config=tf.ConfigProto(device_count={"CPU": devices})) as session:
-        session.run(tf.global_variables_initializer())
-        weights = {}
-        for v in sorted(tf.global_variables(), key=lambda v: v.name):
-            name = v.name.split(":")[0]
-            if v.dtype.base_dtype != tf.float32 or "adam" in name:
-                continue
-            value = rng.normal(0, 0.2, v.shape.as_list()).astype(np.float32)
-            if name.endswith("/g"):
-                value += 1.0
-            v.load(value, session)
-            weights[name] = value
-        session.run(lowering.copy_masters_to_slices())
-        return weights, session.run(fetches)
 
 
 @pytest.mark.parametrize("n_ctx,radius", [

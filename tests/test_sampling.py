@@ -1,0 +1,115 @@
+"""Incremental (key/value cache) decoding against the full forward pass, and the sampling rules."""
+import numpy as np
+import pytest
+from conftest import make, placement, randomize_and_run
+
+from meshtf import mtf, tf
+from models.dims import Dims
+from models.gpt import gpt
+from models.sampling import SamplingConfig, generate, restrict
+
+
+def full_logits(config, ids):
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        d = Dims.build(config.model, ids.shape[0])
+        tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
+        logits = gpt(tokens, d, config.model, train=False, seed=1)
+        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+        return randomize_and_run(lowering, lowering.export_to_tf_tensor(logits))
+
+
+def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, record_logits=False):
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        d = Dims.build(config.model, ids.shape[0])
+        tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
+        prompt_lengths = mtf.import_fully_replicated(mesh, tf.constant(lengths, tf.int32), mtf.Shape([d.batch]))
+        out = generate(tokens, prompt_lengths, d, config.model, sampling, eos_id, seed=1, record_logits=record_logits)
+        lowering = mtf.Lowering(graph, {mesh: placement(config, devices)})
+        fetches = [lowering.export_to_tf_tensor(x) for x in (out if record_logits else [out])]
+        return randomize_and_run(lowering, fetches, weights=weights, devices=devices)[1]
+
+
+@pytest.mark.parametrize("n_ctx,radius,kinds", [
+    (24, 8, [["global", "local"], 1]),    # prompt longer than the window: local layers use the ring buffer
+    (16, 32, [["local", "global"], 1]),   # window longer than the context: full cache with a band mask
+    (12, 4, [["local"], 2]),
+])
+def test_incremental_logits_equal_full_forward_at_every_position(n_ctx, radius, kinds):
+    config = make(n_ctx=n_ctx, local_attention_radius=radius, attention_types=[kinds])
+    ids = np.random.RandomState(3).randint(0, 64, size=(2, n_ctx))
+    weights, expected = full_logits(config, ids)
+    _, logits = decoded(config, ids, [n_ctx, n_ctx], SamplingConfig(temperature=0), weights, record_logits=True)
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+
+
+def greedy_reference(config, weights, prompt, steps):
+    """Greedy continuation by repeated full forward passes (what the cache must reproduce)."""
+    ids = list(prompt)
+    n_ctx = config.model.n_ctx
+    while len(ids) < min(len(prompt) + steps, n_ctx):
+        padded = np.array([ids + [0] * (n_ctx - len(ids))])
+        with tf.Graph().as_default():
+            graph = mtf.Graph()
+            mesh = mtf.Mesh(graph, "mesh")
+            d = Dims.build(config.model, 1)
+            tokens = mtf.import_fully_replicated(mesh, tf.constant(padded, tf.int32), mtf.Shape([d.batch, d.sequence]))
+            logits = gpt(tokens, d, config.model, train=False, seed=1)
+            lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+            out = randomize_and_run(lowering, lowering.export_to_tf_tensor(logits), weights=weights)[1]
+        ids.append(int(np.argmax(out[0, len(ids) - 1])))
+    return ids
+
+
+def test_greedy_batch_of_different_prompt_lengths_equals_full_recompute():
+    config = make(n_ctx=16, local_attention_radius=4, attention_types=[[["global", "local"], 1]], train_batch_size=3)
+    weights, _ = full_logits(config, np.zeros((3, 16), np.int64))
+    prompts = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7]]
+    ids = np.zeros((3, 16), np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)] = prompt
+    out = decoded(config, ids, [len(p) for p in prompts], SamplingConfig(temperature=0, max_new_tokens=6),
+                  weights)[0]
+    for row, prompt in enumerate(prompts):
+        expected = greedy_reference(config, weights, prompt, 6)
+        assert list(out[row, :len(expected)]) == expected
+        assert not out[row, len(expected):].any()  # nothing written past max_new_tokens
+
+
+def test_stops_at_eos_and_sampling_is_reproducible_and_mesh_independent():
+    config = make(n_ctx=16, local_attention_radius=4, attention_types=[[["global", "local"], 1]], train_batch_size=4)
+    weights, _ = full_logits(config, np.zeros((4, 16), np.int64))
+    ids = np.zeros((4, 16), np.int64)
+    ids[:, 0] = [3, 3, 8, 8]
+    sampling = SamplingConfig(temperature=1.0, seed=7)
+    first = decoded(config, ids, [1] * 4, sampling, weights)[0]
+    again = decoded(config, ids, [1] * 4, sampling, weights)[0]
+    np.testing.assert_array_equal(first, again)
+    assert (first[0] != first[1]).any()  # rows with the same prompt draw different samples
+    two_devices = make("x:2", "batch:x", n_ctx=16, local_attention_radius=4,
+                       attention_types=[[["global", "local"], 1]], train_batch_size=4)
+    np.testing.assert_array_equal(decoded(two_devices, ids, [1] * 4, sampling, weights, devices=2)[0], first)
+    other_seed = decoded(config, ids, [1] * 4, SamplingConfig(temperature=1.0, seed=8), weights)[0]
+    assert (other_seed != first).any()
+    # With eos = the token row 0 drew at position 3, row 0 stops there (nothing after it).
+    eos = int(first[0, 3])
+    stopped = decoded(config, ids, [1] * 4, sampling, weights, eos_id=eos)[0]
+    cut = list(stopped[0]).index(eos)
+    assert cut <= 3 and not stopped[0, cut + 1:].any()
+
+
+def test_top_k_and_top_p_keep_exactly_the_specified_tokens():
+    logits = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05]], np.float32))
+    with tf.Graph().as_default(), tf.Session() as session:
+        def kept(top_k, top_p):
+            return np.isfinite(session.run(restrict(tf.constant(logits), top_k, top_p)))[0].tolist()
+        assert kept(2, 1.0) == [True, True, False, False, False]
+        assert kept(0, 0.5) == [True, False, False, False, False]     # 0.5 alone reaches p
+        assert kept(0, 0.6) == [True, True, False, False, False]      # 0.5 < 0.6: add 0.2
+        assert kept(0, 0.85) == [True, True, True, False, False]      # 0.7 < 0.85 <= 0.85
+        assert kept(0, 0.86) == [True, True, True, True, False]
+        assert kept(3, 0.6) == [True, True, False, False, False]
+        assert kept(0, 1.0) == [True] * 5
