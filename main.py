@@ -1,21 +1,26 @@
-"""GPT-Neo on Mesh-TensorFlow: train or evaluate a model described by a JSON config.
+"""GPT-Neo on Mesh-TensorFlow: train, evaluate or sample a model described by a JSON config.
 
     python main.py --model configs/demo_cpu.json            # train (and validate every N steps)
     python main.py --model gpt_neo_125M --tpu my-tpu        # on a TPU (or --tpu local on a TPU VM)
     python main.py --model CONFIG --eval                    # evaluate the latest checkpoint
+    python main.py --model CONFIG --predict --prompt p.txt  # sample from the latest checkpoint
 """
 import argparse
+import dataclasses
 import logging
 import sys
 
+from inputs.prompts import PromptError
 from inputs.sequential import DataError
-from tfrecords_tools import check_dataset
-from tfrecords_tools.sources import InputError
 from inputs.tokenizer import TokenizerError, tokenizer_for
 from meshtf import tf
-from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config
+from tfrecords_tools import check_dataset
+from tfrecords_tools.sources import InputError
+from trainer.checkpoints import latest_step
+from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config, validate
 from trainer.estimator import build_estimator, evaluate, train
 from trainer.hardware import select_hardware
+from trainer.predict import predict
 from trainer.preflight import preflight
 
 log = logging.getLogger("gptneo")
@@ -33,6 +38,18 @@ def parse_args(argv=None):
     p.add_argument("--steps_per_checkpoint", type=int, default=5000,
                    help="save a checkpoint (and run validation when eval_steps > 0) every N steps")
     p.add_argument("--eval", action="store_true", help="evaluate the latest checkpoint for eval_steps batches")
+    p.add_argument("--predict", action="store_true", help="sample continuations of --prompt from the latest checkpoint")
+    p.add_argument("--prompt", default=None,
+                   help="prompt file: text (one prompt) or .jsonl ({\"prompt\": ...} per line); default: the "
+                        "original's unicorn prompt")
+    p.add_argument("--output", default=None,
+                   help="where samples go: <output>.txt and <output>.jsonl (default <model_path>/predictions_<step>)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature; 0 = greedy (config key)")
+    p.add_argument("--top_k", type=int, default=None, help="keep the k most likely tokens; 0 = off (config key)")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass; 1 = off (config key)")
+    p.add_argument("--max_new_tokens", type=int, default=None, help="new tokens per sample (config: predict_max_steps)")
+    p.add_argument("--num_samples", type=int, default=None, help="samples per prompt (config key)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (config: seed)")
     p.add_argument("--check_dataset", action="store_true",
                    help="check the config's train and eval TFRecords (ids < n_vocab, lengths, CRCs, manifests), "
                         "print a decoded sample, and exit")
@@ -50,23 +67,36 @@ def check_data(config):
         raise DataError("%d problem(s) in the dataset (listed above)" % problems)
 
 
+def with_sampling_flags(config, args):
+    """The config with the sampling flags that were given (each overrides its config key)."""
+    keys = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "predict_max_steps": args.max_new_tokens, "num_samples": args.num_samples}
+    changed = {k: v for k, v in keys.items() if v is not None}
+    config = dataclasses.replace(config, predict=dataclasses.replace(config.predict, **changed))
+    if args.seed is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=args.seed))
+    validate(config)
+    return config
+
+
 def run(args):
     config = load_config(args.model)
     if args.check_dataset:
         return check_data(config)
-    mode = "eval" if args.eval else "train"
+    mode = "eval" if args.eval else "predict" if args.predict else "train"
+    if args.predict:
+        config = with_sampling_flags(config, args)
     if args.eval and config.train.eval_steps < 1:
         raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`")
-    if args.eval and not tf.train.latest_checkpoint(config.model_path):
-        raise ConfigError("--eval: no checkpoint in %s to evaluate; train first or fix `model_path`"
-                          % config.model_path)
+    if mode != "train" and not tf.train.latest_checkpoint(config.model_path):
+        raise ConfigError("--%s: no checkpoint in %s; train first or fix `model_path`" % (mode, config.model_path))
     check_batch_layout(config, mode)
-    if config.train.eval_steps > 0:
+    if config.train.eval_steps > 0 and mode != "predict":
         check_batch_layout(config, "eval")
     parameters = preflight(config, mode)
-    if config.data.dataset_configs:
-        check_tokenizer_vocab(config, tokenizer_for(config.data).get_vocab_size(),
-                              config.data.dataset_configs[0].tokenizer_path)
+    tokenizer = tokenizer_for(config.data) if config.data.dataset_configs else None
+    if tokenizer is not None:
+        check_tokenizer_vocab(config, tokenizer.get_vocab_size(), config.data.dataset_configs[0].tokenizer_path)
     hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids)
     log.info("%s: %s parameters (%d layers, n_embd %d, n_ctx %d) on %s mesh %s, layout %s", config.name,
              "{:,}".format(parameters), config.model.n_layer, config.model.n_embd, config.model.n_ctx,
@@ -76,6 +106,12 @@ def run(args):
     estimator = build_estimator(config, hardware, args.steps_per_checkpoint)
     if args.eval:
         evaluate(estimator, config, log.info)
+    elif args.predict:
+        if tokenizer is None:
+            raise ConfigError("--predict needs a dataset config with a tokenizer to encode prompts")
+        step = latest_step(config.model_path)
+        output = args.output or "%s/predictions_%d" % (config.model_path.rstrip("/"), step)
+        predict(estimator, config, tokenizer, args.prompt, output, log.info)
     else:
         train(estimator, config, args.steps_per_checkpoint, log.info)
 
@@ -89,7 +125,7 @@ def main(argv=None):
     tf.logging.set_verbosity(tf.logging.WARN)
     try:
         run(args)
-    except (ConfigError, DataError, TokenizerError, InputError) as e:
+    except (ConfigError, DataError, TokenizerError, InputError, PromptError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     except tf.errors.InvalidArgumentError as e:

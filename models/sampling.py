@@ -91,6 +91,8 @@ def choose(logits, t, d, sampling):
     """
     rows = mtf.range(logits.mesh, d.batch, tf.int32)
     batch, vocab = d.batch.size, d.vocab.size
+    # A name no layout rule splits: every slice gets the whole vocabulary.
+    logits = mtf.rename_dimension(logits, d.vocab.name, "sampling_vocab")
 
     def pick(logits, rows, t):
         if sampling.temperature == 0:

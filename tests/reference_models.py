@@ -277,7 +277,17 @@ def _expected_hf_state_from_checkpoint(checkpoint_prefix: str, vocab_size: int) 
 def hf_logits_from_mesh_tf_checkpoint(
     checkpoint_prefix: str, config: dict, input_ids: np.ndarray, workdir: str
 ) -> np.ndarray:
-    """Logits ``[batch, T, vocab_size]`` (float32 numpy) from HuggingFace's converter + GPTNeoForCausalLM.
+    """Logits ``[batch, T, vocab_size]`` (float32 numpy) from HuggingFace's converter + GPTNeoForCausalLM."""
+    import torch
+
+    model = hf_model_from_mesh_tf_checkpoint(checkpoint_prefix, config, workdir)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(np.asarray(input_ids), dtype=torch.long)).logits
+    return logits.numpy()
+
+
+def hf_model_from_mesh_tf_checkpoint(checkpoint_prefix: str, config: dict, workdir: str):
+    """HuggingFace's converter + ``GPTNeoForCausalLM.from_pretrained`` (eager attention, float32, eval).
 
     The converter only reads n_embd, n_layer, n_head, attention_types, n_positions and the
     three dropouts; vocab_size (50257) and window_size (256) stay at GPTNeoConfig defaults.
@@ -332,7 +342,4 @@ def hf_logits_from_mesh_tf_checkpoint(
             f"HF window_size {model.config.window_size} differs from local_attention_radius; "
             "the converter cannot set it"
         )
-
-    with torch.no_grad():
-        logits = model(torch.as_tensor(np.asarray(input_ids), dtype=torch.long)).logits
-    return logits.numpy()
+    return model

@@ -112,6 +112,23 @@ def test_training_graph_lowers_on_the_tpu_simd_mesh(tmp_path):
         assert all(v.device.endswith("CPU:0") for v in tf.global_variables() if v.name.startswith("gpt2/"))
 
 
+@pytest.mark.parametrize("mode", [ModeKeys.EVAL, ModeKeys.PREDICT])
+def test_eval_and_sampling_graphs_lower_on_the_tpu_simd_mesh(tmp_path, mode):
+    """The SIMD mesh exports only fully replicated tensors: eval metrics and samples must be."""
+    config = make("x:2,y:4", "batch:x,heads:y,vocab:y", n_ctx=16, local_attention_radius=4,
+                  train_batch_size=8, eval_batch_size=8, predict_batch_size=8, model_path=str(tmp_path))
+    model_fn = build_model_fn(config, Hardware("tpu", tpu_name="my-tpu"), steps_per_checkpoint=100)
+    with tf.Graph().as_default():
+        ids = tf.zeros([8, 16], tf.int32)
+        if mode == ModeKeys.EVAL:
+            spec = model_fn(ids, ids, mode, {"context": v3_8_context()})
+            assert spec.loss.shape.as_list() == [] and spec.eval_metrics is not None
+        else:
+            spec = model_fn({"ids": ids, "lengths": tf.fill([8], 3)}, None, mode, {"context": v3_8_context()})
+            assert spec.predictions["ids"].shape.as_list() == [8, 16]
+            assert any(op.type == "LoopCond" for op in tf.get_default_graph().get_operations())
+
+
 def test_tpu_estimator_and_run_config_for_the_tpu_flag(tmp_path):
     config = make("x:4,y:2", "batch:x,embd:y", n_ctx=16, train_batch_size=8, eval_batch_size=8,
                   iterations=50, model_path=str(tmp_path))

@@ -89,9 +89,9 @@ def test_stops_at_eos_and_sampling_is_reproducible_and_mesh_independent():
     again = decoded(config, ids, [1] * 4, sampling, weights)[0]
     np.testing.assert_array_equal(first, again)
     assert (first[0] != first[1]).any()  # rows with the same prompt draw different samples
-    two_devices = make("x:2", "batch:x", n_ctx=16, local_attention_radius=4,
-                       attention_types=[[["global", "local"], 1]], train_batch_size=4)
-    np.testing.assert_array_equal(decoded(two_devices, ids, [1] * 4, sampling, weights, devices=2)[0], first)
+    four_devices = make("x:2,y:2", "batch:x,vocab:y,heads:y", n_ctx=16, local_attention_radius=4,
+                        attention_types=[[["global", "local"], 1]], train_batch_size=4)
+    np.testing.assert_array_equal(decoded(four_devices, ids, [1] * 4, sampling, weights, devices=4)[0], first)
     other_seed = decoded(config, ids, [1] * 4, SamplingConfig(temperature=1.0, seed=8), weights)[0]
     assert (other_seed != first).any()
     # With eos = the token row 0 drew at position 3, row 0 stops there (nothing after it).

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 from meshtf import tf
 from models import dims
+from models.sampling import SamplingConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 ATTENTION_KINDS = ("global", "local", "linear", "none")
@@ -96,13 +97,27 @@ class TrainConfig:
     gradient_clipping: Optional[float] = None
     tokens_per_mb_per_replica: Optional[int] = None
     log_grads: bool = False
-    predict_max_steps: Optional[int] = None
-    remove_partial_sequences: bool = False
     eval_tasks: Tuple[str, ...] = ()
 
     def batch_size(self, mode):
         return {"train": self.train_batch_size, "eval": self.eval_batch_size,
                 "predict": self.predict_batch_size}[mode]
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Sampling (--predict). `temperature`, `top_k`, `top_p` and `num_samples` are new keys."""
+
+    temperature: float = 0.9          # the original's fixed value; 0 = greedy
+    top_k: int = 0                    # 0 = no top-k restriction
+    top_p: float = 1.0                # 1 = no nucleus restriction
+    predict_max_steps: Optional[int] = None  # new tokens per sample; None = up to n_ctx
+    num_samples: int = 1              # samples per prompt
+    remove_partial_sequences: bool = False   # output only the continuation, not the prompt
+
+    def sampling(self, seed):
+        return SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              max_new_tokens=self.predict_max_steps, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -181,9 +196,10 @@ class Config:
     train: TrainConfig
     data: DataConfig
     mesh: MeshConfig
+    predict: PredictConfig = PredictConfig()
 
 
-GROUPS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+GROUPS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "predict": PredictConfig}
 # Keys handled outside the groups' plain fields.
 SPECIAL_KEYS = ("model_path", "mesh_shape", "layout")
 DERIVED_DATA_KEYS = ("dataset_configs",)
@@ -492,6 +508,12 @@ def validate(config):
     if t.opt_name.lower() not in ("adam", "adafactor"):
         raise ConfigError("`opt_name` must be \"adam\" or \"adafactor\", got %r (the original silently "
                           "chose Adafactor for any other value)" % t.opt_name)
+    p = config.predict
+    if p.temperature < 0 or p.top_k < 0 or not 0 < p.top_p <= 1 or p.num_samples < 1:
+        raise ConfigError("sampling keys out of range: temperature >= 0 (0 = greedy), top_k >= 0 (0 = off), "
+                          "0 < top_p <= 1, num_samples >= 1")
+    if p.predict_max_steps is not None and p.predict_max_steps < 1:
+        raise ConfigError("`predict_max_steps` must be at least 1 (or null for up to n_ctx)")
     if t.opt_name.lower() == "adafactor" and t.weight_decay:
         raise ConfigError("`weight_decay` is %g but Adafactor has no weight decay here (the original passed it "
                           "as Adafactor's decay rate by mistake); set it to 0 or use opt_name \"adam\""

@@ -5,60 +5,69 @@ from tensorflow_estimator.python.estimator.tpu.tpu_estimator import TPUEstimator
 from meshtf import mtf, tf
 from models.dims import Dims
 from models.gpt import gpt, token_losses
+from models.sampling import generate
 from trainer import checkpoints, hooks
 from trainer.hardware import mesh_implementation
 from trainer.optimizer import minimize
 
-MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval"}
+MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
 
 
 def build_model_fn(config, hardware, steps_per_checkpoint):
     def model_fn(features, labels, mode, params):
         mode_name = MODES[mode]
-        train = mode_name == "train"
         # Dropout masks are drawn from op-level seeds derived from this, so runs repeat.
         tf.set_random_seed(config.data.seed)
+        mesh_impl, placer = mesh_implementation(hardware, config.mesh, params)
+        mesh = mtf.Mesh(mtf.Graph(), "mesh", placer)
+        d = Dims.build(config.model, config.train.batch_size(mode_name))
+        if mode_name == "predict":
+            return _predict_spec(features, mesh, mesh_impl, d)
+        shape = mtf.Shape([d.batch, d.sequence])
+        ids = mtf.import_fully_replicated(mesh, features, shape, name="ids")
+        targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
+        logits = gpt(ids, d, config.model, mode_name == "train", config.data.seed)
+        loss, cross_entropy = token_losses(logits, targets, d, config.model.z_loss)
+        if mode_name == "train":
+            return _train_spec(loss, mesh, mesh_impl)
+        return _eval_spec(loss, cross_entropy, logits, mesh, mesh_impl, d)
+
+    def _train_spec(loss, mesh, mesh_impl):
         global_step = tf.train.get_or_create_global_step()
         # Everything in this step reads the step number once, before the increment that the
         # train op runs last (resource-variable reads would otherwise race it).
         step = tf.identity(global_step.read_value())
-
-        graph = mtf.Graph()
-        mesh_impl, placer = mesh_implementation(hardware, config.mesh, params)
-        mesh = mtf.Mesh(graph, "mesh", placer)
-        d = Dims.build(config.model, config.train.batch_size(mode_name))
-        shape = mtf.Shape([d.batch, d.sequence])
-        ids = mtf.import_fully_replicated(mesh, features, shape, name="ids")
-        targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
-
-        logits = gpt(ids, d, config.model, train, config.data.seed)
-        loss, cross_entropy = token_losses(logits, targets, d, config.model.z_loss)
-
-        if train:
-            updates, lr, grad_norm = minimize(loss, graph, config.train, step)
-        else:
-            mean_logits = mtf.reduce_mean(mtf.to_float(logits), output_shape=[d.batch])
-
-        lowering = mtf.Lowering(graph, {mesh: mesh_impl}, autostack=True)
+        updates, lr, grad_norm = minimize(loss, mesh.graph, config.train, step)
+        lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         tf_loss = tf.cast(lowering.export_to_tf_tensor(loss), tf.float32)
-        restore_hook = mtf.MtfRestoreHook(lowering)
+        with tf.control_dependencies([lowering.lowered_operation(op) for op in updates]):
+            train_op = tf.assign_add(global_step, 1)
+        logged = {} if hardware.use_tpu else {
+            "loss": tf_loss, "lr": lr, "grad_norm": lowering.export_to_tf_tensor(grad_norm)}
+        training_hooks = [mtf.MtfRestoreHook(lowering), checkpoints.saver_hook(config, lowering, steps_per_checkpoint),
+                          hooks.TrainLogHook(config, global_step, logged)]
+        return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
+                                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr))
 
-        if train:
-            with tf.control_dependencies([lowering.lowered_operation(op) for op in updates]):
-                train_op = tf.assign_add(global_step, 1)
-            tf_grad_norm = lowering.export_to_tf_tensor(grad_norm)
-            saver_hook = checkpoints.saver_hook(config, lowering, steps_per_checkpoint)
-            logged = {} if hardware.use_tpu else {"loss": tf_loss, "lr": lr, "grad_norm": tf_grad_norm}
-            training_hooks = [restore_hook, saver_hook, hooks.TrainLogHook(config, global_step, logged)]
-            return TPUEstimatorSpec(
-                mode, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
-                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr))
+    def _eval_spec(loss, cross_entropy, logits, mesh, mesh_impl, d):
+        mean_logits = mtf.reduce_mean(mtf.to_float(logits), output_shape=[d.batch])
+        # The SIMD (TPU) mesh exports only fully replicated tensors.
+        cross_entropy, mean_logits = mtf.anonymize(cross_entropy), mtf.anonymize(mean_logits)
+        lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
+        tensors = [lowering.export_to_tf_tensor(x) for x in (cross_entropy, mean_logits)]
+        return TPUEstimatorSpec(ModeKeys.EVAL, loss=tf.cast(lowering.export_to_tf_tensor(loss), tf.float32),
+                                evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(eval_metrics, tensors))
 
-        tokens_ce = lowering.export_to_tf_tensor(cross_entropy)
-        tf_mean_logits = lowering.export_to_tf_tensor(mean_logits)
-        return TPUEstimatorSpec(
-            mode, loss=tf_loss, evaluation_hooks=[restore_hook],
-            eval_metrics=(eval_metrics, [tokens_ce, tf_mean_logits]))
+    def _predict_spec(features, mesh, mesh_impl, d):
+        ids = mtf.import_fully_replicated(mesh, features["ids"], mtf.Shape([d.batch, d.sequence]), name="ids")
+        lengths = mtf.import_fully_replicated(mesh, features["lengths"], mtf.Shape([d.batch]), name="lengths")
+        sampling = config.predict.sampling(config.data.seed)
+        samples = mtf.anonymize(generate(ids, lengths, d, config.model, sampling, config.data.eos_id,
+                                         config.data.seed))
+        lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
+        return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
+                                predictions={"ids": lowering.export_to_tf_tensor(samples),
+                                             "lengths": features["lengths"]})
 
     return model_fn
 

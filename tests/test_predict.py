@@ -1,0 +1,119 @@
+"""main.py --predict on a trained checkpoint: greedy equals HuggingFace's generate; outputs; bad prompts."""
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run_main
+from reference_models import hf_model_from_mesh_tf_checkpoint
+
+from inputs.tokenizer import load_tokenizer
+from meshtf import tf
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sample_records):
+    """A 2-layer global/local model with the 256-token window HF's converter assumes, n_ctx 320."""
+    from conftest import TINY
+    root = tmp_path_factory.mktemp("predict")
+    raw = dict(TINY, n_ctx=320, local_attention_radius=256, train_batch_size=2, predict_batch_size=3,
+               train_steps=8, iterations=4, model_path=str(root / "model"))
+    records = sample_records(320)
+    (root / "dataset_configs").mkdir()
+    (root / "dataset_configs" / "sample.json").write_text(json.dumps({
+        "n_vocab": 50257, "path": os.path.join(records, "train", "*.tfrecords"),
+        "eval_path": os.path.join(records, "val", "*.tfrecords"), "tokenizer_path": "gpt2",
+        "eos_id": 50256, "padding_id": 50256}))
+    path = root / "model.json"
+    path.write_text(json.dumps(raw))
+    assert run_main("--model", str(path)) == 0
+    return str(path), raw
+
+
+def prompts_of_lengths(lengths):
+    """Real text from the sample corpus, cut to the given token counts."""
+    tokenizer = load_tokenizer("gpt2")
+    text = open(os.path.join(os.path.dirname(__file__), "..", "inputs", "prompts.py")).read()
+    ids = tokenizer.encode(text * 4).ids
+    return [tokenizer.decode(ids[i * 7:i * 7 + n]) for i, n in enumerate(lengths)], tokenizer
+
+
+def test_greedy_decoding_equals_huggingface_generate(trained, tmp_path):
+    """Prompts of 20, 230 and 250 tokens in one batch, 64 new tokens each: generation crosses the
+    256-token local window. HF loads the checkpoint through its own mesh-tf converter."""
+    import torch
+    path, raw = trained
+    texts, tokenizer = prompts_of_lengths([20, 230, 250])
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    out = str(tmp_path / "greedy")
+    assert run_main("--model", path, "--predict", "--prompt", str(prompt_file), "--temperature", "0",
+                    "--max_new_tokens", "64", "--output", out) == 0
+    ours = [json.loads(line) for line in open(out + ".jsonl")]
+    assert [s["prompt_index"] for s in ours] == [0, 1, 2]
+
+    checkpoint = tf.train.latest_checkpoint(raw["model_path"])
+    model = hf_model_from_mesh_tf_checkpoint(checkpoint, raw, str(tmp_path / "hf"))
+    for sample in ours:
+        prompt = torch.tensor([sample["prompt_tokens"]])
+        with torch.no_grad():
+            generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64,
+                                       do_sample=False, eos_token_id=50256, pad_token_id=50256)
+        theirs = generated[0, prompt.shape[1]:].tolist()
+        if 50256 in theirs:
+            theirs = theirs[:theirs.index(50256)]
+        assert sample["tokens"] == theirs
+        assert sample["text"] == tokenizer.decode(theirs)
+
+
+def test_samples_files_and_reproducible_seeded_sampling(trained, tmp_path, capsys):
+    path, raw = trained
+    prompt_file = tmp_path / "one.txt"
+    prompt_file.write_text("def main():\n    ")
+    runs = []
+    for name in ("a", "b"):
+        out = str(tmp_path / name)
+        assert run_main("--model", path, "--predict", "--prompt", str(prompt_file), "--num_samples", "4",
+                        "--max_new_tokens", "12", "--top_k", "40", "--seed", "5", "--output", out) == 0
+        runs.append([json.loads(line) for line in open(out + ".jsonl")])
+    assert runs[0] == runs[1]
+    assert [s["sample_index"] for s in runs[0]] == [0, 1, 2, 3]
+    assert all(len(s["tokens"]) <= 12 and s["prompt"] == "def main():\n    " for s in runs[0])
+    assert len({tuple(s["tokens"]) for s in runs[0]}) > 1  # four different samples
+    text = open(str(tmp_path / "a") + ".txt").read()
+    assert text.count(" SAMPLE ") == 4 and "def main():" in text
+    assert "SAMPLE 3" in capsys.readouterr().out
+
+
+def test_default_output_goes_under_model_path(trained):
+    path, raw = trained
+    assert run_main("--model", path, "--predict", "--max_new_tokens", "3") == 0
+    assert tf.io.gfile.exists(os.path.join(raw["model_path"], "predictions_8.jsonl"))
+    assert not os.path.exists("predictions_8.jsonl")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "prompt 1 is empty"),
+    ("word " * 400, "tokens, but n_ctx is 320 and at least one must be generated; shorten it to 319"),
+    ('{"prompt": "fine"}\n{"nothing": 1}\n', "line 2 is not a JSON object with a \"prompt\" string"),
+], ids=["empty", "too-long", "bad-jsonl"])
+def test_bad_prompts_are_one_line_errors(trained, tmp_path, capsys, content, message):
+    path, _ = trained
+    prompt_file = tmp_path / ("p.jsonl" if content.startswith("{") else "p.txt")
+    prompt_file.write_text(content)
+    assert run_main("--model", path, "--predict", "--prompt", str(prompt_file)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_predict_without_checkpoint_is_an_error(make_config, capsys):
+    assert run_main("--model", make_config("fresh"), "--predict") == 2
+    assert "--predict: no checkpoint in" in capsys.readouterr().err
+
+
+def test_continuation_cuts_at_eos_and_limit():
+    from trainer.predict import continuation
+    ids = np.array([7, 8, 9, 1, 2, 50256, 4, 0])
+    assert continuation(ids, 3, 8, None, 50256) == ([1, 2], "eos")
+    assert continuation(ids, 3, 8, 2, 50256) == ([1, 2], "length")
+    assert continuation(ids, 6, 8, None, 50256) == ([4, 0], "length")
