@@ -47,7 +47,8 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         training_hooks = [mtf.MtfRestoreHook(lowering), checkpoints.saver_hook(config, lowering, steps_per_checkpoint),
                           hooks.TrainLogHook(config, global_step, logged)]
         return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
-                                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr))
+                                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr),
+                                scaffold_fn=checkpoints.warm_start_scaffold_fn(config.model_path, hooks.log.info))
 
     def _eval_spec(loss, cross_entropy, logits, mesh, mesh_impl, d):
         mean_logits = mtf.reduce_mean(mtf.to_float(logits), output_shape=[d.batch])

@@ -1,0 +1,1 @@
+"""Converters between our Mesh-TF checkpoints and other formats (`convert.huggingface`)."""

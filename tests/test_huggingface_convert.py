@@ -1,0 +1,332 @@
+"""HuggingFace export/import (convert/huggingface.py) on real checkpoints, read back by transformers itself.
+
+torch and transformers appear only here, as the independent reader/writer of the other side; the
+converter itself must run without them (checked by running the CLI with torch made unimportable).
+"""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, checkpoint_logits, run_main
+from safetensors.numpy import load_file
+from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+from convert import huggingface as hf
+from meshtf import tf
+from trainer.config import load_config
+
+TINY_HF = dict(n_vocab=50257, n_ctx=64, local_attention_radius=16, attention_types=[[["global", "local"], 1]],
+               n_embd=32, n_head=4, n_layer=2)
+
+
+def checkpoint_variables(prefix):
+    """{name: (dtype name, shape, numpy array)} of every variable in a checkpoint."""
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    return {name: (dtypes[name].name, tuple(shape), reader.get_tensor(name))
+            for name, shape in reader.get_variable_to_shape_map().items()}
+
+
+def spec_table(n_embd=32, n_layer=2, n_ctx=64, n_vocab=50257, dtype="float32"):
+    """The spec's variable table (GPT-NEO-REFERENCE.md 4.2), written out independently of the converter."""
+    D, F = n_embd, 4 * n_embd
+    table = {"gpt2/wte": (n_vocab, D), "gpt2/wpe": (n_ctx, D), "gpt2/ln_f/g": (D,), "gpt2/ln_f/b": (D,)}
+    for i in range(n_layer):
+        for name in ("norm_1/g", "norm_1/b", "norm_2/g", "norm_2/b", "attn/compute_output_bias/o_b",
+                     "mlp/conv1d_main/c_proj/bias"):
+            table["gpt2/h%d/%s" % (i, name)] = (D,)
+        for name in "qkvo":
+            table["gpt2/h%d/attn/%s" % (i, name)] = (D, D)
+        table["gpt2/h%d/mlp/conv1d_main/c_fc/kernel" % i] = (D, F)
+        table["gpt2/h%d/mlp/conv1d_main/c_fc/bias" % i] = (F,)
+        table["gpt2/h%d/mlp/conv1d_main/c_proj/kernel" % i] = (F, D)
+    found = {name: (dtype, shape) for name, shape in table.items()}
+    found["global_step"] = ("int64", ())
+    return found
+
+
+def hf_load(directory):
+    model, info = GPTNeoForCausalLM.from_pretrained(directory, attn_implementation="eager",
+                                                    torch_dtype=torch.float32, output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}, info
+    return model.eval()
+
+
+def random_checkpoint(prefix, dtype=np.float32, skip=(), slots=True, **model):
+    """A checkpoint of random weights shaped by the converter's table, with Adam slots as training writes."""
+    sizes = dict(n_embd=32, n_layer=2, n_ctx=64, n_vocab=50257)
+    sizes.update(model)
+    rng = np.random.RandomState(1)
+    arrays = []
+    for var in hf.variable_table(**sizes):
+        if var.name not in skip:
+            arrays.append((var.name, rng.normal(size=var.shape).astype(np.float32).astype(dtype)))
+            if slots:
+                arrays += [(var.name + "/adam_m", np.zeros(var.shape, np.float32)),
+                           (var.name + "/adam_v", np.zeros(var.shape, np.float32))]
+    return hf.write_checkpoint(prefix, arrays, global_step=7)
+
+
+def test_export_matches_ours_in_transformers_and_imports_back_bit_for_bit(make_config, tmp_path):
+    path = make_config("trained", train_steps=3, iterations=3, **TINY_HF)
+    assert run_main("--model", path) == 0
+    config = load_config(path)
+    checkpoint = tf.train.latest_checkpoint(config.model_path)
+
+    exported = str(tmp_path / "hf")
+    assert hf.export_hf(config.model_path, config, exported) == checkpoint
+    assert sorted(os.listdir(exported)) == ["config.json", "model.safetensors"]
+    model = hf_load(exported)
+    # The key set and metadata transformers' own save_pretrained writes for this model.
+    model.save_pretrained(str(tmp_path / "resaved"))
+    theirs = load_file(str(tmp_path / "resaved" / "model.safetensors"))
+    ours = load_file(os.path.join(exported, "model.safetensors"))
+    assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    with open(os.path.join(exported, "model.safetensors"), "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert header["__metadata__"] == {"format": "pt"}
+    saved_config = json.load(open(tmp_path / "resaved" / "config.json"))
+    exported_config = json.load(open(os.path.join(exported, "config.json")))
+    assert set(saved_config) - set(exported_config) == {"transformers_version", "_name_or_path"}  # provenance
+    assert {k: saved_config[k] for k in exported_config} == exported_config
+    assert exported_config["window_size"] == 16 and exported_config["vocab_size"] == 50257
+    assert exported_config["attention_types"] == [[["global", "local"], 1]]
+
+    ids = np.random.RandomState(0).randint(0, 50257, size=(3, 64))
+    with torch.no_grad():
+        hf_logits = model(torch.as_tensor(ids)).logits.numpy()
+    assert np.abs(hf_logits - checkpoint_logits(config, checkpoint, ids)).max() <= 1e-4
+
+    original = checkpoint_variables(checkpoint)
+    for dtype in ("float32", "bfloat16"):
+        out = str(tmp_path / ("imported_" + dtype))
+        prefix = hf.import_hf(exported, out, dtype)
+        assert prefix == os.path.join(out, "model.ckpt-0") and tf.train.latest_checkpoint(out) == prefix
+        imported = checkpoint_variables(prefix)
+        assert {n: v[:2] for n, v in imported.items()} == spec_table(dtype=dtype)
+        assert imported.pop("global_step")[2] == 0
+        for name, (_, _, value) in imported.items():
+            expected = original[name][2].astype(hf.MASTER_DTYPES[dtype])
+            assert value.tobytes() == expected.tobytes(), name
+        written = json.load(open(os.path.join(out, "config_from_hf.json")))
+        assert written["precision"] == dtype and written["model_path"] == out
+
+    # The fp32 import's config loads as is, and describes the trained model.
+    imported_config = load_config(os.path.join(str(tmp_path / "imported_float32"), "config_from_hf.json"))
+    assert imported_config.model.attention_types == config.model.attention_types
+    for key in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "local_attention_radius", "res_dropout"):
+        assert getattr(imported_config.model, key) == getattr(config.model, key), key
+
+    # Fine-tuning from the import: the weights are restored, Adam's moments start at zero.
+    imported_dir = str(tmp_path / "imported_float32")
+    finetune = make_config("finetune", train_steps=3, iterations=3, model_path=imported_dir, **TINY_HF)
+    assert run_main("--model", finetune) == 0
+    tuned = checkpoint_variables(tf.train.latest_checkpoint(imported_dir))
+    assert tuned["global_step"][2] == 3 and "gpt2/wte/adam_m" in tuned
+    # Three Adam steps of lr <= 0.002 move each weight by little: training went on from the import.
+    assert np.abs(tuned["gpt2/wte"][2] - original["gpt2/wte"][2]).max() < 0.01
+
+
+def tiny_hf_model(vocab_size=1000):
+    torch.manual_seed(0)
+    config = GPTNeoConfig(vocab_size=vocab_size, hidden_size=32, num_layers=2, num_heads=4, window_size=16,
+                          attention_types=[[["global", "local"], 1]], max_position_embeddings=64)
+    return GPTNeoForCausalLM(config).eval()
+
+
+def test_import_of_pytorch_bin_equals_import_of_safetensors(tmp_path):
+    """Files written by torch/transformers themselves, in float32 and bfloat16."""
+    model = tiny_hf_model()
+    params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    imports = {}
+    for dtype in ("float32", "bfloat16"):
+        model = model.to(getattr(torch, dtype))
+        safetensors_dir, bin_dir = tmp_path / ("st_" + dtype), tmp_path / ("bin_" + dtype)
+        model.save_pretrained(str(safetensors_dir))
+        bin_dir.mkdir()
+        (bin_dir / "config.json").write_text((safetensors_dir / "config.json").read_text())
+        state = model.state_dict()  # includes the tied lm_head
+        for i in range(2):  # the constant mask buffers files saved by transformers < 4.3x hold
+            state["transformer.h.%d.attn.attention.bias" % i] = torch.tril(torch.ones(1, 1, 64, 64, dtype=torch.uint8))
+            state["transformer.h.%d.attn.attention.masked_bias" % i] = torch.tensor(-1e9)
+        torch.save(state, str(bin_dir / "pytorch_model.bin"))
+        for source in (safetensors_dir, bin_dir):
+            prefix = hf.import_hf(str(source), str(tmp_path / ("ckpt_" + source.name)), dtype)
+            imports[source.name] = checkpoint_variables(prefix)
+        assert imports["st_" + dtype].keys() == imports["bin_" + dtype].keys()
+        for name, (kind, shape, value) in imports["st_" + dtype].items():
+            assert kind == (dtype if name != "global_step" else "int64")
+            assert imports["bin_" + dtype][name][2].tobytes() == value.tobytes(), name
+
+    # The values are HF's parameters, transposed where the spec says, and bf16 is torch's rounding.
+    fp32 = imports["st_float32"]
+    np.testing.assert_array_equal(fp32["gpt2/h1/attn/q"][2], params["transformer.h.1.attn.attention.q_proj.weight"].T)
+    np.testing.assert_array_equal(fp32["gpt2/h0/mlp/conv1d_main/c_proj/kernel"][2],
+                                  params["transformer.h.0.mlp.c_proj.weight"].T)
+    np.testing.assert_array_equal(fp32["gpt2/wte"][2], params["transformer.wte.weight"])
+    for name, (_, _, value) in imports["st_bfloat16"].items():
+        rounded = fp32[name][2].astype(hf.BFLOAT16) if name != "global_step" else fp32[name][2]
+        assert value.tobytes() == rounded.tobytes(), name
+
+
+def test_pytorch_bin_views_and_refused_objects(tmp_path):
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    tensors = {"view": base[1:].t()[2:5], "half": base.half()[2], "bf16": base.bfloat16().t(),
+               "mask": torch.tril(torch.ones(3, 3, dtype=torch.bool))}
+    torch.save(tensors, str(tmp_path / "views.bin"))
+    read = hf.read_pytorch_bin(str(tmp_path / "views.bin"))
+    for name, tensor in tensors.items():
+        expected = tensor.float().numpy() if name == "bf16" else tensor.numpy()
+        np.testing.assert_array_equal(read[name].load().astype(expected.dtype), expected)
+        assert read[name].shape == tuple(tensor.shape)
+
+    # A pickle that would run a shell command is refused before anything runs.
+    class Exploit:
+        def __reduce__(self):
+            return os.system, ("touch %s" % (tmp_path / "pwned"),)
+
+    bad = tmp_path / "bad" / "pytorch_model.bin"
+    bad.parent.mkdir()
+    with zipfile.ZipFile(str(bad), "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"transformer.wte.weight": Exploit()}, protocol=2))
+    with pytest.raises(hf.ConversionError, match=r"refers to posix\.system; only float32"):
+        hf.read_pytorch_bin(str(bad))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_padded_vocab_export_cuts_wte_rows_and_reads_bfloat16_masters(make_config, tmp_path):
+    config = load_config(make_config("padded", **dict(TINY_HF, n_vocab=50304)))
+    checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"), dtype=hf.BFLOAT16, n_vocab=50304)
+    exported = str(tmp_path / "hf")
+    hf.export_hf(checkpoint, config, exported, vocab_size=50257)
+    tensors = load_file(os.path.join(exported, "model.safetensors"))
+    wte = tf.train.load_checkpoint(checkpoint).get_tensor("gpt2/wte")
+    assert wte.dtype == hf.BFLOAT16 and wte.shape == (50304, 32)
+    assert tensors["transformer.wte.weight"].dtype == np.float32
+    np.testing.assert_array_equal(tensors["transformer.wte.weight"], wte[:50257].astype(np.float32))
+    assert json.load(open(os.path.join(exported, "config.json")))["vocab_size"] == 50257
+    assert hf_load(exported).transformer.wte.weight.shape == (50257, 32)
+
+    hf.export_hf(checkpoint, config, exported)  # into the existing directory: the full padded table
+    assert load_file(os.path.join(exported, "model.safetensors"))["transformer.wte.weight"].shape == (50304, 32)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "dataset_configs", "hf", "padded.json"]  # no staging left
+
+
+def cli_error(capsys, *argv):
+    assert hf.main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_cli_errors(make_config, tmp_path, capsys):
+    config_path = make_config("cli", **TINY_HF)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no checkpoint in %s" % empty in cli_error(capsys, "export", "--model", config_path,
+                                                       "--checkpoint", str(empty), "--output_dir", "x")
+    assert "does not exist" in cli_error(capsys, "export", "--model", str(tmp_path / "nope.json"), "--output_dir", "x")
+    lacking = random_checkpoint(str(tmp_path / "lacking" / "model.ckpt"), skip=("gpt2/ln_f/b",))
+    assert "lacks variable gpt2/ln_f/b" in cli_error(capsys, "export", "--model", config_path,
+                                                     "--checkpoint", lacking, "--output_dir", "x")
+    short = random_checkpoint(str(tmp_path / "short" / "model.ckpt"), n_ctx=32)
+    assert "variable gpt2/wpe has shape [32, 32] in checkpoint" in cli_error(
+        capsys, "export", "--model", config_path, "--checkpoint", short, "--output_dir", "x")
+    good = random_checkpoint(str(tmp_path / "good" / "model.ckpt"))
+    assert "vocab_size 60000 is out of range" in cli_error(
+        capsys, "export", "--model", config_path, "--checkpoint", good, "--output_dir", "x", "--vocab_size", "60000")
+    assert not os.path.exists("x")
+
+    exported = tmp_path / "hf"
+    assert hf.main(["export", "--model", config_path, "--checkpoint", good, "--output_dir", str(exported)]) == 0
+    capsys.readouterr()
+    hf_config = json.loads((exported / "config.json").read_text())
+
+    def hf_dir(name, files=("config.json", "model.safetensors"), **changes):
+        directory = tmp_path / name
+        directory.mkdir()
+        for file in files:
+            os.link(str(exported / file), str(directory / file))
+        if changes:
+            os.unlink(str(directory / "config.json"))
+            (directory / "config.json").write_text(json.dumps(dict(hf_config, **changes)))
+        return str(directory)
+
+    def import_error(directory, *more):
+        return cli_error(capsys, "import", "--hf_dir", directory, "--output_dir", str(tmp_path / "out"), *more)
+
+    assert "HuggingFace config %s does not exist" % os.path.join(hf_dir("no_config", files=()), "config.json") \
+        in import_error(str(tmp_path / "no_config"))
+    assert "has no model.safetensors or pytorch_model.bin" in import_error(hf_dir("no_weights", files=("config.json",)))
+    assert "not a GPT-Neo model: model_type 'gpt2'" in import_error(hf_dir("gpt2", model_type="gpt2"))
+    assert "architecture GPTNeoForSequenceClassification is not supported" in import_error(
+        hf_dir("classifier", architectures=["GPTNeoForSequenceClassification"]))
+    assert "activation_function 'gelu' is not supported" in import_error(hf_dir("erf", activation_function="gelu"))
+    assert "tensor transformer.wte.weight has shape [50257, 32] in" in import_error(hf_dir("wider", hidden_size=64))
+    assert "attention_types expand to 2 layers but num_layers is 3" in import_error(hf_dir("deeper", num_layers=3))
+    assert hf.main(["import", "--hf_dir", str(exported), "--output_dir", str(tmp_path / "out")]) == 0
+    assert "already holds a checkpoint" in import_error(str(exported))
+    with pytest.raises(SystemExit) as exit_:
+        hf.main(["import", "--hf_dir", str(exported), "--output_dir", "y", "--dtype", "float16"])
+    assert exit_.value.code == 2
+
+
+def test_cli_round_trip_runs_without_torch(make_config, tmp_path):
+    """`python -m convert.huggingface` with torch and transformers made unimportable."""
+    blocker = tmp_path / "blocker"
+    for name in ("torch", "transformers"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text("raise ImportError('the converter must not import %s')\n" % name)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), REPO]))
+    config_path = make_config("no_torch", **TINY_HF)
+    checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
+
+    def convert(*argv):
+        result = subprocess.run([sys.executable, "-m", "convert.huggingface", *argv], cwd=REPO, env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    assert "exported" in convert("export", "--model", config_path, "--checkpoint", checkpoint,
+                                 "--output_dir", str(tmp_path / "hf"))
+    assert "imported" in convert("import", "--hf_dir", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "back"))
+    original = checkpoint_variables(checkpoint)
+    back = checkpoint_variables(str(tmp_path / "back" / "model.ckpt-0"))
+    assert original.pop("global_step")[2] == 7 and back.pop("global_step")[2] == 0
+    model = {n: v for n, v in original.items() if "adam" not in n}
+    assert model.keys() == back.keys() and all(model[n][2].tobytes() == back[n][2].tobytes() for n in model)
+
+
+def test_export_and_import_in_a_gcs_bucket(make_config, tmp_path, gcs_bucket):
+    config = load_config(make_config("gcs", **TINY_HF))
+    checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
+    exported = gcs_bucket + "/convert/hf"
+    hf.export_hf(checkpoint, config, exported)
+    assert sorted(tf.io.gfile.listdir(exported)) == ["config.json", "model.safetensors"]
+    local = tmp_path / "hf"
+    local.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        tf.io.gfile.copy(exported + "/" + name, str(local / name))
+    # A pytorch_model.bin in the bucket too (read through zipfile on a gs:// file object).
+    torch.save(hf_load(str(local)).state_dict(), str(tmp_path / "pytorch_model.bin"))
+    bin_dir = gcs_bucket + "/convert/bin"
+    tf.io.gfile.makedirs(bin_dir)
+    tf.io.gfile.copy(str(local / "config.json"), bin_dir + "/config.json")
+    tf.io.gfile.copy(str(tmp_path / "pytorch_model.bin"), bin_dir + "/pytorch_model.bin")
+
+    model = {n: v for n, v in checkpoint_variables(checkpoint).items() if "adam" not in n and n != "global_step"}
+    for source, target in ((exported, "/convert/imported"), (bin_dir, "/convert/imported_bin")):
+        prefix = hf.import_hf(source, gcs_bucket + target, "bfloat16")
+        assert prefix == gcs_bucket + target + "/model.ckpt-0" == tf.train.latest_checkpoint(gcs_bucket + target)
+        back = checkpoint_variables(prefix)
+        assert back.pop("global_step")[2] == 0 and back.keys() == model.keys()
+        for name, (_, _, value) in back.items():
+            assert value.tobytes() == model[name][2].astype(hf.BFLOAT16).tobytes(), name
+        written = json.loads(tf.io.gfile.GFile(gcs_bucket + target + "/config_from_hf.json").read())
+        assert written["model_path"] == gcs_bucket + target
