@@ -22,5 +22,6 @@ build/sample/train: $(VENV)/.installed data/sample/train.jsonl.zst
 demo: build/sample/train
 	$(PY) main.py --model configs/demo_cpu.json --steps_per_checkpoint 100
 
+# Installs need the network; the tests run without it (tests/isolated.sh: loopback only).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	tests/isolated.sh $(PY) -m pytest -q tests
