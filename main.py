@@ -79,6 +79,18 @@ def with_sampling_flags(config, args):
     return config
 
 
+def make_model_path(path):
+    """Create `model_path` now, so a missing bucket or an unwritable directory is one clear line."""
+    try:
+        tf.io.gfile.makedirs(path)
+        probe = path.rstrip("/") + "/.write_test"
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("ok")
+        tf.io.gfile.remove(probe)
+    except tf.errors.OpError as e:
+        raise ConfigError("cannot write to `model_path` %s: %s" % (path, e.message.splitlines()[0])) from None
+
+
 def run(args):
     config = load_config(args.model)
     if args.check_dataset:
@@ -88,6 +100,8 @@ def run(args):
         config = with_sampling_flags(config, args)
     if args.eval and config.train.eval_steps < 1:
         raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`")
+    if mode == "train":
+        make_model_path(config.model_path)
     if mode != "train" and not tf.train.latest_checkpoint(config.model_path):
         raise ConfigError("--%s: no checkpoint in %s; train first or fix `model_path`" % (mode, config.model_path))
     check_batch_layout(config, mode)

@@ -130,11 +130,7 @@ def test_training_on_gcs_checkpoints_logs_and_resumes(gcs_bucket, gcs_records, c
     assert {s: both[s] for s in first} == first
 
 
-@pytest.mark.parametrize("where", [
-    pytest.param("model_path", marks=pytest.mark.xfail(strict=True, reason=(
-        "main.py does not check model_path before training: the estimator's summary hook fails to create "
-        "gs://nosuchbucket/x/model and the TF error escapes as a traceback"))),
-    "dataset"])
+@pytest.mark.parametrize("where", ["model_path", "dataset"])
 def test_missing_bucket_is_a_one_line_error(gcs_bucket, gcs_records, make_config, tmp_path, capsys, where):
     missing = "gs://nosuchbucket/x"
     if where == "model_path":
