@@ -19,6 +19,7 @@ from tfrecords_tools.sources import InputError
 from trainer.checkpoints import latest_step
 from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config, validate
 from trainer.estimator import build_estimator, evaluate, train
+from trainer.export import export
 from trainer.hardware import select_hardware
 from trainer.predict import predict
 from trainer.preflight import preflight
@@ -50,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=None, help="new tokens per sample (config: predict_max_steps)")
     p.add_argument("--num_samples", type=int, default=None, help="samples per prompt (config key)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (config: seed)")
+    p.add_argument("--export", action="store_true",
+                   help="write SavedModels (logits, and generation with the config's sampling settings) and exit")
+    p.add_argument("--export_dir", default=None, help="where --export writes (default <model_path>/export)")
     p.add_argument("--check_dataset", action="store_true",
                    help="check the config's train and eval TFRecords (ids < n_vocab, lengths, CRCs, manifests), "
                         "print a decoded sample, and exit")
@@ -95,15 +99,20 @@ def run(args):
     config = load_config(args.model)
     if args.check_dataset:
         return check_data(config)
-    mode = "eval" if args.eval else "predict" if args.predict else "train"
-    if args.predict:
+    mode = "eval" if args.eval else "predict" if args.predict or args.export else "train"
+    if mode == "predict":
         config = with_sampling_flags(config, args)
     if args.eval and config.train.eval_steps < 1:
         raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`")
     if mode == "train":
         make_model_path(config.model_path)
     if mode != "train" and not tf.train.latest_checkpoint(config.model_path):
-        raise ConfigError("--%s: no checkpoint in %s; train first or fix `model_path`" % (mode, config.model_path))
+        raise ConfigError("--%s: no checkpoint in %s; train first or fix `model_path`"
+                          % ("export" if args.export else mode, config.model_path))
+    if args.export:
+        paths = export(config, args.export_dir or config.model_path.rstrip("/") + "/export")
+        log.info("exported logits to %s and generation to %s", paths["logits"], paths["generate"])
+        return
     check_batch_layout(config, mode)
     if config.train.eval_steps > 0 and mode != "predict":
         check_batch_layout(config, "eval")

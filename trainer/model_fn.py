@@ -60,17 +60,35 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
                                 evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(eval_metrics, tensors))
 
     def _predict_spec(features, mesh, mesh_impl, d):
+        """Samples for {"ids", "lengths"}; logits for {"ids"} alone (the exported logits model)."""
         ids = mtf.import_fully_replicated(mesh, features["ids"], mtf.Shape([d.batch, d.sequence]), name="ids")
+        if "lengths" not in features:
+            logits = mtf.anonymize(mtf.to_float(gpt(ids, d, config.model, False, config.data.seed)))
+            lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
+            return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
+                                    scaffold_fn=_slices_from_masters(lowering),
+                                    predictions={"logits": lowering.export_to_tf_tensor(logits)})
         lengths = mtf.import_fully_replicated(mesh, features["lengths"], mtf.Shape([d.batch]), name="lengths")
         sampling = config.predict.sampling(config.data.seed)
         samples = mtf.anonymize(generate(ids, lengths, d, config.model, sampling, config.data.eos_id,
                                          config.data.seed))
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
-                                predictions={"ids": lowering.export_to_tf_tensor(samples),
-                                             "lengths": features["lengths"]})
+                                scaffold_fn=_slices_from_masters(lowering),
+                                predictions={"ids": lowering.export_to_tf_tensor(samples)})
 
     return model_fn
+
+
+def _slices_from_masters(lowering):
+    """A scaffold whose local init fills the per-device slices from the master variables.
+
+    A SavedModel runs it at load time (it holds only the masters), so exported models work.
+    """
+    def scaffold_fn():
+        return tf.train.Scaffold(local_init_op=tf.group(tf.train.Scaffold.default_local_init_op(),
+                                                        lowering.copy_masters_to_slices()))
+    return scaffold_fn
 
 
 def eval_metrics(cross_entropy, mean_logits):
