@@ -132,6 +132,17 @@ def test_export_matches_ours_in_transformers_and_imports_back_bit_for_bit(make_c
     # Three Adam steps of lr <= 0.002 move each weight by little: training went on from the import.
     assert np.abs(tuned["gpt2/wte"][2] - original["gpt2/wte"][2]).max() < 0.01
 
+    # bfloat16 masters into the float32 model: read as stored and cast (eval and sampling alike).
+    def eval_loss(name, model_path):
+        config_path = make_config(name, eval_steps=2, model_path=model_path, **TINY_HF)
+        assert run_main("--model", config_path, "--eval") == 0
+        return [json.loads(line) for line in open(os.path.join(model_path, "eval_results.jsonl"))][-1]["loss"]
+
+    bf16_dir = str(tmp_path / "imported_bfloat16")
+    assert abs(eval_loss("bf16", bf16_dir) - eval_loss("fp32", config.model_path)) < 0.05
+    assert run_main("--model", make_config("bf16_sample", model_path=bf16_dir, **TINY_HF), "--predict",
+                    "--max_new_tokens", "3") == 0
+
 
 def tiny_hf_model(vocab_size=1000):
     torch.manual_seed(0)

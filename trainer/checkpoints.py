@@ -3,6 +3,8 @@
 Only master variables (full, unsplit shapes, the original's names) and `global_step` are saved;
 per-device slices are copied to the masters just before each save.
 """
+from tensorflow.python.ops import io_ops
+
 from meshtf import mtf, tf
 
 MAX_TO_KEEP = 10
@@ -25,30 +27,51 @@ def latest_step(model_path):
     return int(tf.train.load_variable(path, "global_step")) if path else 0
 
 
-def warm_start_scaffold_fn(model_path, log):
-    """A scaffold for a checkpoint that holds only some of the variables, or None.
+def restore_scaffold_fn(model_path, log, then=None):
+    """A scaffold restoring the newest checkpoint however it differs from the graph, or None.
 
-    A checkpoint imported from HuggingFace (or trained with another optimizer) has the model
-    weights but not these optimizer slots: restore what it has, start the rest from their
-    initial values (zeros for Adam's moments), and save them from the first checkpoint on.
+    - Variables the checkpoint lacks (optimizer slots of a checkpoint imported from HuggingFace or
+      trained with another optimizer) start from their initial values (zeros for Adam).
+    - Variables stored in another dtype (bfloat16 masters, e.g. a bf16-trained release, into a
+      float32 model) are read as stored and cast.
+    `then` (a function returning an op, e.g. filling per-device slices from the masters, which a
+    SavedModel needs at load time) joins the local init op when nothing needs recasting or
+    initializing: its ops exist already and would not wait for those. (Outside SavedModels the
+    estimator's MtfRestoreHook fills the slices after the local init.)
     """
     checkpoint = tf.train.latest_checkpoint(model_path)
     if checkpoint is None:
         return None
-    present = dict(tf.train.list_variables(checkpoint))
+    stored = tf.train.load_checkpoint(checkpoint).get_variable_to_dtype_map()
     variables = tf.global_variables()
-    missing = [v for v in variables if v.op.name not in present]
-    if not missing:
+    missing = [v for v in variables if v.op.name not in stored]
+    recast = [v for v in variables if v.op.name in stored and stored[v.op.name] != v.dtype.base_dtype]
+    if not missing and not recast and then is None:
         return None
-    restored = [v for v in variables if v.op.name in present]
-    log("%s holds %d of the %d variables; starting %s from their initial values" % (
-        checkpoint, len(restored), len(variables),
-        ", ".join(v.op.name for v in missing[:3]) + (" and %d more" % (len(missing) - 3) if len(missing) > 3 else "")))
+    restored = [v for v in variables if v not in missing and v not in recast]
+    if missing:
+        log("%s lacks %d of the model's %d variables; starting %s from their initial values" % (
+            checkpoint, len(missing), len(variables), _some(missing)))
+    if recast:
+        log("%s stores %d variables in another dtype (e.g. %s as %s); casting them" % (
+            checkpoint, len(recast), recast[0].op.name, stored[recast[0].op.name].name))
 
     def scaffold_fn():
+        ops = [tf.variables_initializer(missing)] if missing else []
+        for v in recast:
+            [value] = io_ops.restore_v2(checkpoint, [v.op.name], [""], [stored[v.op.name]])
+            ops.append(v.assign(tf.cast(value, v.dtype.base_dtype)))
+        init = tf.group(ops + [tf.train.Scaffold.default_local_init_op()])
+        if then is not None and not ops:
+            init = tf.group(init, then())
         return tf.train.Scaffold(
-            saver=tf.train.Saver(restored, sharded=True),
+            saver=tf.train.Saver(restored, sharded=True) if restored != variables else None,
             ready_for_local_init_op=tf.report_uninitialized_variables(restored),
-            local_init_op=tf.group(tf.variables_initializer(missing), tf.train.Scaffold.default_local_init_op()))
+            local_init_op=init)
 
     return scaffold_fn
+
+
+def _some(variables):
+    names = ", ".join(v.op.name for v in variables[:3])
+    return names + (" and %d more" % (len(variables) - 3) if len(variables) > 3 else "")

@@ -9,7 +9,7 @@ Both are built on one device: a serving machine runs the whole model, whatever m
 import dataclasses
 
 from meshtf import tf
-from trainer.config import MeshConfig
+from trainer.config import ConfigError, MeshConfig
 from trainer.estimator import build_estimator
 from trainer.hardware import Hardware
 
@@ -27,6 +27,11 @@ def _receiver(batch, n_ctx, with_lengths):
 
 def export(config, export_dir):
     """Write both SavedModels; return {"logits": path, "generate": path}."""
+    checkpoint = tf.train.latest_checkpoint(config.model_path)
+    stored = tf.train.load_checkpoint(checkpoint).get_variable_to_dtype_map()
+    if any(dtype != tf.float32 for name, dtype in stored.items() if name.startswith("gpt2/")):
+        raise ConfigError("--export needs float32 master weights, but %s stores others; convert it first "
+                          "(e.g. python -m convert.huggingface export, then import --dtype float32)" % checkpoint)
     single = dataclasses.replace(config, mesh=MeshConfig(mesh_shape=(("all", 1),), layout=()))
     estimator = build_estimator(single, Hardware("cpu", ("/cpu:0",)), steps_per_checkpoint=1)
     batch, n_ctx = config.train.predict_batch_size, config.model.n_ctx

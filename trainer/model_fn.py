@@ -48,7 +48,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
                           hooks.TrainLogHook(config, global_step, logged)]
         return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
                                 host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr),
-                                scaffold_fn=checkpoints.warm_start_scaffold_fn(config.model_path, hooks.log.info))
+                                scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info))
 
     def _eval_spec(loss, cross_entropy, logits, mesh, mesh_impl, d):
         mean_logits = mtf.reduce_mean(mtf.to_float(logits), output_shape=[d.batch])
@@ -57,7 +57,8 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         tensors = [lowering.export_to_tf_tensor(x) for x in (cross_entropy, mean_logits)]
         return TPUEstimatorSpec(ModeKeys.EVAL, loss=tf.cast(lowering.export_to_tf_tensor(loss), tf.float32),
-                                evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(eval_metrics, tensors))
+                                evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(eval_metrics, tensors),
+                                scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info))
 
     def _predict_spec(features, mesh, mesh_impl, d):
         """Samples for {"ids", "lengths"}; logits for {"ids"} alone (the exported logits model)."""
@@ -66,7 +67,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
             logits = mtf.anonymize(mtf.to_float(gpt(ids, d, config.model, False, config.data.seed)))
             lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
             return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
-                                    scaffold_fn=_slices_from_masters(lowering),
+                                    scaffold_fn=_restore_and_fill_slices(lowering),
                                     predictions={"logits": lowering.export_to_tf_tensor(logits)})
         lengths = mtf.import_fully_replicated(mesh, features["lengths"], mtf.Shape([d.batch]), name="lengths")
         sampling = config.predict.sampling(config.data.seed)
@@ -74,21 +75,15 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
                                          config.data.seed))
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
-                                scaffold_fn=_slices_from_masters(lowering),
+                                scaffold_fn=_restore_and_fill_slices(lowering),
                                 predictions={"ids": lowering.export_to_tf_tensor(samples)})
 
+    def _restore_and_fill_slices(lowering):
+        """Restore (see checkpoints.restore_scaffold_fn), then fill the per-device slices from the
+        masters in the local init op, which a SavedModel runs at load time (it holds only masters)."""
+        return checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info, lowering.copy_masters_to_slices)
+
     return model_fn
-
-
-def _slices_from_masters(lowering):
-    """A scaffold whose local init fills the per-device slices from the master variables.
-
-    A SavedModel runs it at load time (it holds only the masters), so exported models work.
-    """
-    def scaffold_fn():
-        return tf.train.Scaffold(local_init_op=tf.group(tf.train.Scaffold.default_local_init_op(),
-                                                        lowering.copy_masters_to_slices()))
-    return scaffold_fn
 
 
 def eval_metrics(cross_entropy, mean_logits):

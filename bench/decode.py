@@ -1,0 +1,329 @@
+"""Decode throughput on CPU: our cached Mesh-TF sampling loop vs HF `generate` vs full recompute.
+
+    python bench/decode.py [--n_ctx 2048] [--new_tokens 256] [--prompt 128] [--batches 1,8]
+                           [--recompute_steps 2] [--only kv,hf,recompute] [--profile 1,8]
+
+A 125M-shaped GPT-Neo (12 layers, n_embd 768, 12 heads, vocab 50257, alternating global/local
+attention with window 256), random weights, a random `--prompt`-token prompt per row and
+`--new_tokens` greedy tokens (no early stop), for each batch size:
+
+- kv:        models/sampling.py `generate` (temperature 0, eos_id -1, max_new_tokens = new_tokens),
+             built once, initialised (seeded initializers), run once to warm up, then one timed
+             session.run of the whole generation (prompt steps included, as in real use).
+- hf:        transformers `GPTNeoForCausalLM.generate` (use_cache=True, greedy, same shape, random
+             init, torch.set_num_threads(2)), warmed up, then one timed call.
+- recompute: a full forward pass of models/gpt.py `gpt` over the padded [batch, n_ctx] sequence per
+             new token (greedy), warmed up, `--recompute_steps` tokens timed and extrapolated.
+
+tokens/s = batch * new_tokens / seconds. TensorFlow runs with
+ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=2); torch with 2 threads.
+Each (implementation, batch) runs in its own subprocess so that thread pools do not interfere and
+peak RSS (ru_maxrss) is per measurement. The kv and recompute runs share weights (same seeded
+initializers), so their greedy tokens must agree; the table says whether they do.
+
+`--profile 1,8` adds, for the kv implementation at those batch sizes, a TF timeline (FULL_TRACE) of one
+whole generation and prints the op-type, scope and op totals (per step = total / steps).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+THREADS = 2
+VOCAB = 50257
+
+
+def raw_config(n_ctx):
+    """The original's keys for a 125M-shaped model with no dataset."""
+    return dict(n_ctx=n_ctx, n_embd=768, n_head=12, n_layer=12, n_vocab=VOCAB,
+                attention_types=[[["global", "local"], 6]], local_attention_radius=256,
+                mesh_shape="x:1", layout="", model_path="/unused", train_batch_size=1, train_steps=1,
+                lr=1e-4, opt_name="adam", iterations=1, datasets=[], no_dataset=True,
+                scale_by_depth=True, scale_by_in=False)
+
+
+def prompts(batch, args):
+    return np.random.RandomState(1234).randint(0, VOCAB - 1, size=(batch, args.prompt)).astype(np.int32)
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (one per subprocess)
+
+
+def _tf_setup(args, batch):
+    from meshtf import mtf, tf
+    from models.dims import Dims
+    from trainer.config import build_config
+
+    config = build_config(raw_config(args.n_ctx), "bench-125M", [])
+    graph = mtf.Graph()
+    mesh = mtf.Mesh(graph, "mesh")
+    d = Dims.build(config.model, batch)
+    ids = tf.placeholder(tf.int32, [batch, args.n_ctx], name="ids")
+    tokens = mtf.import_fully_replicated(mesh, ids, mtf.Shape([d.batch, d.sequence]))
+    impl = mtf.placement_mesh_impl.PlacementMeshImpl(mtf.convert_to_shape(config.mesh.shape_string),
+                                                      mtf.convert_to_layout_rules(config.mesh.layout_string),
+                                                      ["/cpu:0"])
+    session_config = tf.ConfigProto(intra_op_parallelism_threads=THREADS, inter_op_parallelism_threads=THREADS)
+    return config, graph, mesh, d, ids, tokens, impl, session_config
+
+
+def worker_kv(args, batch):
+    from meshtf import mtf, tf
+    from models.sampling import SamplingConfig, generate
+
+    t_build = time.time()
+    config, graph, mesh, d, ids, tokens, impl, session_config = _tf_setup(args, batch)
+    lengths = mtf.import_fully_replicated(mesh, tf.constant([args.prompt] * batch, tf.int32), mtf.Shape([d.batch]))
+    sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
+    out = generate(tokens, lengths, d, config.model, sampling, eos_id=-1, seed=1)
+    lowering = mtf.Lowering(graph, {mesh: impl})
+    out = lowering.export_to_tf_tensor(out)
+    init = tf.global_variables_initializer()
+    feed = np.zeros((batch, args.n_ctx), np.int32)
+    feed[:, :args.prompt] = prompts(batch, args)
+    result = {}
+    with tf.Session(config=session_config) as session:
+        session.run(init)
+        session.run(lowering.copy_masters_to_slices())
+        result["build_s"] = time.time() - t_build
+        start = time.time()
+        session.run(out, {ids: feed})
+        result["warmup_s"] = time.time() - start
+        start, cpu = time.time(), cpu_seconds()
+        generated = session.run(out, {ids: feed})
+        seconds, result["cpu_s"] = time.time() - start, cpu_seconds() - cpu
+        assert (generated[:, :args.prompt] == feed[:, :args.prompt]).all(), "prompt overwritten"
+        assert not generated[:, args.prompt + args.new_tokens:].any(), "wrote past max_new_tokens"
+        result.update(seconds=seconds, tokens=generated[:, args.prompt:args.prompt + args.new_tokens].tolist(),
+                      steps=args.prompt + args.new_tokens - 1)
+        if args.profile:
+            result["profile"] = profile(session, out, {ids: feed}, graph=tf.get_default_graph(),
+                                        steps=result["steps"])
+    return result
+
+
+def profile(session, fetch, feed, graph, steps):
+    """Op-type and per-op totals of one traced run (microseconds, summed over all steps)."""
+    from meshtf import tf
+
+    options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
+    metadata = tf.RunMetadata()
+    start = time.time()
+    session.run(fetch, feed, options=options, run_metadata=metadata)
+    traced_seconds = time.time() - start
+    by_type, by_op, by_scope = defaultdict(float), defaultdict(float), defaultdict(float)
+    total = 0.0
+    for device in metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            micros = node.all_end_rel_micros
+            name = node.node_name.split(":")[0]
+            label = node.timeline_label
+            op_type = label.split(" = ")[1].split("(")[0] if " = " in label else name
+            try:
+                op_type = graph.get_operation_by_name(name).type
+            except (KeyError, ValueError):
+                pass
+            by_type[op_type] += micros
+            by_op[name] += micros
+            parts = [p for p in name.split("/") if not p.startswith("while")]
+            by_scope["/".join(parts[:2]) if parts else name] += micros
+            total += micros
+    top = lambda table, n: [(k, v) for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]]  # noqa: E731
+    return {"traced_seconds": traced_seconds, "total_op_us": total, "steps": steps,
+            "by_type": top(by_type, 25), "by_op": top(by_op, 30), "by_scope": top(by_scope, 25)}
+
+
+def worker_recompute(args, batch):
+    from meshtf import mtf, tf
+    from models.gpt import gpt
+
+    t_build = time.time()
+    config, graph, mesh, d, ids, tokens, impl, session_config = _tf_setup(args, batch)
+    logits = gpt(tokens, d, config.model, train=False, seed=1)
+    lowering = mtf.Lowering(graph, {mesh: impl})
+    logits = lowering.export_to_tf_tensor(logits)
+    position = tf.placeholder(tf.int32, [], name="position")
+    # Only the argmax at the last filled position is fetched (the logits are [batch, n_ctx, vocab]).
+    chosen = tf.argmax(logits[:, position], axis=-1, output_type=tf.int32)
+    init = tf.global_variables_initializer()
+    feed = np.zeros((batch, args.n_ctx), np.int32)
+    feed[:, :args.prompt] = prompts(batch, args)
+    result = {}
+    with tf.Session(config=session_config) as session:
+        session.run(init)
+        session.run(lowering.copy_masters_to_slices())
+        result["build_s"] = time.time() - t_build
+        start = time.time()
+        session.run(chosen, {ids: feed, position: args.prompt - 1})
+        result["warmup_s"] = time.time() - start
+        times = []
+        cpu = cpu_seconds()
+        for i in range(args.recompute_steps):
+            length = args.prompt + i
+            start = time.time()
+            feed[:, length] = session.run(chosen, {ids: feed, position: length - 1})
+            times.append(time.time() - start)
+        per_token = sum(times) / len(times)
+        result["cpu_s"] = (cpu_seconds() - cpu) / len(times) * args.new_tokens
+        result.update(seconds=per_token * args.new_tokens, per_forward_s=times,
+                      tokens=feed[:, args.prompt:args.prompt + args.recompute_steps].tolist())
+    return result
+
+
+def worker_hf(args, batch):
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    t_build = time.time()
+    config = GPTNeoConfig(vocab_size=VOCAB, max_position_embeddings=args.n_ctx, hidden_size=768, num_layers=12,
+                          attention_types=[[["global", "local"], 6]], num_heads=12, window_size=256)
+    model = GPTNeoForCausalLM(config).eval()
+    ids = torch.tensor(prompts(batch, args), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    kwargs = dict(attention_mask=mask, do_sample=False, use_cache=True, pad_token_id=config.eos_token_id)
+    result = {"build_s": time.time() - t_build}
+    with torch.inference_mode():
+        start = time.time()
+        model.generate(ids, max_new_tokens=16, min_new_tokens=16, **kwargs)
+        result["warmup_s"] = time.time() - start
+        start, cpu = time.time(), cpu_seconds()
+        out = model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **kwargs)
+        seconds, result["cpu_s"] = time.time() - start, cpu_seconds() - cpu
+    assert out.shape == (batch, args.prompt + args.new_tokens), out.shape
+    result.update(seconds=seconds, attn_implementation=getattr(model.config, "_attn_implementation", None))
+    return result
+
+
+WORKERS = {"kv": worker_kv, "hf": worker_hf, "recompute": worker_recompute}
+NAMES = {"kv": "ours, KV cache (mtf while loop)", "hf": "HF GPTNeo generate (use_cache)",
+         "recompute": "ours, full recompute (extrapolated)"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def run_worker(args, impl, batch):
+    command = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--batch", str(batch),
+               "--n_ctx", str(args.n_ctx), "--new_tokens", str(args.new_tokens), "--prompt", str(args.prompt),
+               "--recompute_steps", str(args.recompute_steps)]
+    if impl == "kv" and str(batch) in args.profile.split(","):
+        command.append("--profile=%d" % batch)
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TF_CPP_MIN_LOG_LEVEL="3")
+    started, load = time.time(), os.getloadavg()[0]
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit("%s at batch %d failed (exit %d)" % (impl, batch, proc.returncode))
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["wall_s"], result["load_before"], result["load_after"] = time.time() - started, load, os.getloadavg()[0]
+    print("  %-9s batch %d: %.1f s timed (CPU %.1f s), %.0f s in all, 1-min load average %.1f -> %.1f" % (
+        impl, batch, result["seconds"], result["cpu_s"], result["wall_s"], load, result["load_after"]), flush=True)
+    return result
+
+
+def print_profile(result, batch):
+    p = result["profile"]
+    steps = p["steps"]
+    print("\nTimeline of one traced kv generation, batch %d (%.1f s traced vs %.1f s untraced; %d steps;"
+          " op time summed over both threads' executors):" % (batch, p["traced_seconds"], result["seconds"], steps))
+    for title, key in (("op type", "by_type"), ("scope", "by_scope"), ("op", "by_op")):
+        print("  %-62s %10s %8s %6s" % (title, "ms/step", "total s", "share"))
+        for name, micros in p[key]:
+            print("  %-62s %10.3f %8.2f %5.1f%%" % (name[-62:], micros / steps / 1e3, micros / 1e6,
+                                                   100 * micros / p["total_op_us"]))
+        print()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n_ctx", type=int, default=2048)
+    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--recompute_steps", type=int, default=2, help="timed full forward passes per batch size")
+    parser.add_argument("--only", default="hf,kv,recompute")
+    parser.add_argument("--profile", default="", metavar="BATCHES",
+                        help="comma-separated batch sizes whose kv run also records a TF timeline")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.prompt + args.new_tokens > args.n_ctx:
+        parser.error("--prompt + --new_tokens must be <= --n_ctx")
+
+    if args.worker:
+        result = WORKERS[args.worker](args, args.batch)
+        result["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    impls = [i for i in ("hf", "kv", "recompute") if i in args.only.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    print("decode benchmark: 125M shape (12 layers, n_embd 768, 12 heads, vocab %d, global/local window 256),"
+          " n_ctx %d, prompt %d, %d new tokens, greedy, random weights; CPU, %d threads"
+          " (TF ConfigProto intra_op=%d inter_op=%d; torch.set_num_threads(%d))"
+          % (VOCAB, args.n_ctx, args.prompt, args.new_tokens, THREADS, THREADS, THREADS, THREADS), flush=True)
+    results = {}
+    for batch in batches:
+        for impl in impls:
+            results[impl, batch] = run_worker(args, impl, batch)
+
+    print()
+    header = "| %-38s | %5s | %9s | %11s | %11s | %13s |" % (
+        "implementation", "batch", "tokens/s", "vs HF", "vs recompute", "peak RSS (MB)")
+    print(header)
+    print("|" + "|".join("-" * (len(c) + 2) for c in header.split("|")[1:-1]) + "|")
+    for batch in batches:
+        for impl in impls:
+            r = results[impl, batch]
+            rate = batch * args.new_tokens / r["seconds"]
+            hf = results.get(("hf", batch))
+            rc = results.get(("recompute", batch))
+            vs_hf = "%.2fx" % (rate / (batch * args.new_tokens / hf["seconds"])) if hf else "-"
+            vs_rc = "%.1fx" % (rate / (batch * args.new_tokens / rc["seconds"])) if rc else "-"
+            print("| %-38s | %5d | %9.2f | %11s | %12s | %13.0f |" % (NAMES[impl], batch, rate, vs_hf, vs_rc,
+                                                                      r["peak_rss_mb"]))
+    print()
+    for batch in batches:
+        if ("kv", batch) in results and ("recompute", batch) in results:
+            kv, rc = results["kv", batch]["tokens"], results["recompute", batch]["tokens"]
+            k = len(rc[0])
+            same = all(list(a[:k]) == list(b) for a, b in zip(kv, rc))
+            print("batch %d: first %d greedy tokens of kv == full recompute: %s" % (batch, k, same))
+        if ("recompute", batch) in results:
+            print("batch %d: full forward passes took %s s" % (
+                batch, ", ".join("%.2f" % s for s in results["recompute", batch]["per_forward_s"])))
+        for impl in impls:
+            r = results[impl, batch]
+            print("batch %d %-9s: build+init %.1f s, warm-up %.1f s, timed %.1f s (process CPU %.1f s)%s" % (
+                batch, impl, r["build_s"], r["warmup_s"], r["seconds"], r["cpu_s"],
+                " (extrapolated)" if impl == "recompute" else ""))
+    for batch in batches:
+        if ("kv", batch) in results and "profile" in results["kv", batch]:
+            print_profile(results["kv", batch], batch)
+
+
+if __name__ == "__main__":
+    main()
