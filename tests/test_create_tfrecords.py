@@ -408,7 +408,8 @@ def test_skip_bad_lines_skips_and_counts(tmp_path, gpt2_tokenizer, capsys):
 
 @pytest.mark.parametrize("kind", sorted(BAD_LINES))
 def test_bad_line_without_skip_names_file_and_line(tmp_path, capsys, kind):
-    # More good documents than a tokenizer batch before the bad line: some files are complete first.
+    # More good documents than a tokenizer batch before the bad line (whether files are complete
+    # before the reader, which runs ahead of the tokenizer, meets it does not matter).
     lines = [json_line("good line number %d" % i) for i in range(300)] + ["\n", BAD_LINES[kind],
                                                                           json_line("never reached")]
     path = write_lines(tmp_path / "bad.jsonl.zst", lines)
@@ -418,7 +419,6 @@ def test_bad_line_without_skip_names_file_and_line(tmp_path, capsys, kind):
     assert code == 2
     line = one_error(err)
     assert path in line and "line 302" in line and "--skip_bad_lines" in line
-    assert [p for p in os.listdir(str(out)) if p.endswith(".tfrecords")]
     no_partial_final_file(out, "b")
 
 

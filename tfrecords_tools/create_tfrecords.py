@@ -21,11 +21,16 @@ when complete.
 """
 import argparse
 import collections
+import concurrent.futures
 import dataclasses
+import itertools
 import multiprocessing
 import os
 import sys
 import time
+
+import numpy as np
+from tokenizers import Tokenizer
 
 from inputs.tokenizer import END_OF_TEXT, PADDING, TokenizerError, load_tokenizer
 from meshtf import tf
@@ -49,13 +54,18 @@ class ConversionError(ValueError):
 _worker_tokenizer = None
 
 
-def _start_worker(tokenizer_path):
+def _start_worker(tokenizer_json, one_thread=False):
     global _worker_tokenizer
-    _worker_tokenizer = load_tokenizer(tokenizer_path)
+    if one_thread:  # in each of several worker processes: N processes use N cores
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
 
 
 def _encode(texts):
-    return [encoding.ids for encoding in _worker_tokenizer.encode_batch(texts)]
+    """Token ids of a batch as one flat int32 array plus lengths (cheap to send between processes)."""
+    ids = [encoding.ids for encoding in _worker_tokenizer.encode_batch(texts)]
+    lengths = np.array([len(x) for x in ids], np.int64)
+    return np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum())), lengths
 
 
 def _batches(documents):
@@ -72,33 +82,35 @@ def _batches(documents):
         yield positions, texts, size
 
 
-def tokenized(documents, tokenizer_path, processes):
+def tokenized(documents, tokenizer, processes):
     """Yield (position, token ids, characters) per document, in input order.
 
-    With several processes, at most 2 batches per process are in flight, so memory does not
-    grow with the input however fast it is read.
+    Batches are encoded ahead, in a thread (one process: the Rust tokenizer releases the GIL, so
+    records are written while the next batch encodes) or in forked worker processes; at most 2
+    batches per worker are in flight, so memory does not grow with the input.
     """
-    batches = _batches(documents)
     if processes <= 1:
-        _start_worker(tokenizer_path)
-        for positions, texts, size in batches:
-            yield from _per_document(positions, _encode(texts), size)
-        return
-    with multiprocessing.get_context("spawn").Pool(processes, _start_worker, (tokenizer_path,)) as pool:
+        _start_worker(tokenizer.to_str())
+        executor = concurrent.futures.ThreadPoolExecutor(1)
+    else:
+        # fork: the workers share the parent's memory and use none of its TensorFlow.
+        executor = concurrent.futures.ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+            initargs=(tokenizer.to_str(), True))
+    with executor:
         pending = collections.deque()
-        for positions, texts, size in batches:
-            pending.append((positions, pool.apply_async(_encode, (texts,)), size))
-            if len(pending) >= 2 * processes:
-                positions, result, size = pending.popleft()
-                yield from _per_document(positions, result.get(), size)
+        for positions, texts, size in _batches(documents):
+            pending.append((positions, executor.submit(_encode, texts), size))
+            if len(pending) > 2 * processes:
+                yield from _per_document(*pending.popleft())
         while pending:
-            positions, result, size = pending.popleft()
-            yield from _per_document(positions, result.get(), size)
+            yield from _per_document(*pending.popleft())
 
 
-def _per_document(positions, ids, size):
-    for i, (position, tokens) in enumerate(zip(positions, ids)):
-        yield position, tokens, size if i == 0 else 0
+def _per_document(positions, encoded, size):
+    flat, lengths = encoded.result()
+    for i, (position, tokens) in enumerate(zip(positions, np.split(flat, np.cumsum(lengths)[:-1]))):
+        yield position, tokens.tolist(), size if i == 0 else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +158,7 @@ def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mod
 
     pending = list(state["pending"])  # chunks mode: tokens after the last record of the last complete file
     writer = None
-    for position, tokens, characters in tokenized(documents, tokenizer_path, processes):
+    for position, tokens, characters in tokenized(documents, tokenizer, processes):
         meter.update(characters, len(tokens))
         manifest["documents"] += 1
         if mode == "documents":
