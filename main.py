@@ -31,6 +31,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="model config: a path ending in .json (local or gs://) or the name of one in configs/")
+    p.add_argument("--model_path", default=None, help="override the config's model_path (e.g. a downloaded checkpoint)")
+    p.add_argument("--mesh_shape", default=None, help="override the config's mesh_shape (e.g. all:1 on one CPU)")
+    p.add_argument("--layout", default=None, help="override the config's layout (\"\" = replicated)")
     p.add_argument("--tpu", default=None,
                    help="TPU name (\"local\" on a TPU VM, \"colab\" to discover it); runs the SIMD mesh on TPU")
     p.add_argument("--gpu_ids", nargs="+", default=None,
@@ -96,7 +99,8 @@ def make_model_path(path):
 
 
 def run(args):
-    config = load_config(args.model)
+    overrides = {k: getattr(args, k) for k in ("model_path", "mesh_shape", "layout") if getattr(args, k) is not None}
+    config = load_config(args.model, overrides)
     if args.check_dataset:
         return check_data(config)
     mode = "eval" if args.eval else "predict" if args.predict or args.export else "train"

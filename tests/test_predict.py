@@ -7,8 +7,10 @@ import pytest
 from conftest import run_main
 from reference_models import hf_model_from_mesh_tf_checkpoint
 
+from convert.huggingface import export_hf
 from inputs.tokenizer import load_tokenizer
 from meshtf import tf
+from trainer.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,10 @@ def prompts_of_lengths(lengths):
 
 def test_greedy_decoding_equals_huggingface_generate(trained, tmp_path):
     """Prompts of 20, 230 and 250 tokens in one batch, 64 new tokens each: generation crosses the
-    256-token local window. HF loads the checkpoint through its own mesh-tf converter."""
+    256-token local window. HF loads the checkpoint through its own mesh-tf converter, and
+    separately our export of it."""
     import torch
+    from transformers import GPTNeoForCausalLM
     path, raw = trained
     texts, tokenizer = prompts_of_lengths([20, 230, 250])
     prompt_file = tmp_path / "prompts.jsonl"
@@ -53,17 +57,20 @@ def test_greedy_decoding_equals_huggingface_generate(trained, tmp_path):
     assert [s["prompt_index"] for s in ours] == [0, 1, 2]
 
     checkpoint = tf.train.latest_checkpoint(raw["model_path"])
-    model = hf_model_from_mesh_tf_checkpoint(checkpoint, raw, str(tmp_path / "hf"))
-    for sample in ours:
-        prompt = torch.tensor([sample["prompt_tokens"]])
-        with torch.no_grad():
-            generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64,
-                                       do_sample=False, eos_token_id=50256, pad_token_id=50256)
-        theirs = generated[0, prompt.shape[1]:].tolist()
-        if 50256 in theirs:
-            theirs = theirs[:theirs.index(50256)]
-        assert sample["tokens"] == theirs
-        assert sample["text"] == tokenizer.decode(theirs)
+    exported = str(tmp_path / "exported")
+    export_hf(checkpoint, load_config(path), exported)
+    for model in (hf_model_from_mesh_tf_checkpoint(checkpoint, raw, str(tmp_path / "hf")),
+                  GPTNeoForCausalLM.from_pretrained(exported, attn_implementation="eager").eval()):
+        for sample in ours:
+            prompt = torch.tensor([sample["prompt_tokens"]])
+            with torch.no_grad():
+                generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64,
+                                           do_sample=False, eos_token_id=50256, pad_token_id=50256)
+            theirs = generated[0, prompt.shape[1]:].tolist()
+            if 50256 in theirs:
+                theirs = theirs[:theirs.index(50256)]
+            assert sample["tokens"] == theirs
+            assert sample["text"] == tokenizer.decode(theirs)
 
 
 def test_samples_files_and_reproducible_seeded_sampling(trained, tmp_path, capsys):
@@ -117,3 +124,17 @@ def test_continuation_cuts_at_eos_and_limit():
     assert continuation(ids, 3, 8, None, 50256) == ([1, 2], "eos")
     assert continuation(ids, 3, 8, 2, 50256) == ([1, 2], "length")
     assert continuation(ids, 6, 8, None, 50256) == ([4, 0], "length")
+
+
+def test_flags_override_model_path_mesh_and_layout(trained, tmp_path, capsys):
+    """A released-model config samples from a downloaded checkpoint on one CPU: --model_path, --mesh_shape, --layout."""
+    path, raw = trained
+    elsewhere = dict(raw, model_path=str(tmp_path / "not_here"), mesh_shape="x:4,y:2", layout="batch:x,embd:y")
+    config = tmp_path / "released.json"
+    config.write_text(json.dumps(elsewhere))
+    (tmp_path / "dataset_configs").symlink_to(os.path.join(os.path.dirname(path), "dataset_configs"))
+    assert run_main("--model", str(config), "--model_path", raw["model_path"], "--mesh_shape", "all:1",
+                    "--layout", "", "--predict", "--max_new_tokens", "2", "--output", str(tmp_path / "s")) == 0
+    assert os.path.exists(str(tmp_path / "s.jsonl"))
+    assert run_main("--model", str(config), "--layout", "head:x") == 2
+    assert "did you mean 'heads'" in capsys.readouterr().err
