@@ -39,7 +39,7 @@ import zipfile
 import numpy as np
 
 from meshtf import tf
-from trainer.config import Config, ConfigError, expand_attention_types, load_config
+from trainer.config import Config, ConfigError, expand_attention_types, load_config, read_json
 
 BFLOAT16 = tf.bfloat16.as_numpy_dtype
 MASTER_DTYPES = {"float32": np.float32, "bfloat16": BFLOAT16}
@@ -638,20 +638,6 @@ def staged_dir(output_dir, last=()):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def read_json(path, what):
-    if not tf.io.gfile.exists(path):
-        raise ConversionError("%s %s does not exist" % (what, path))
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise ConversionError("%s %s is not valid JSON: %s" % (what, path, e)) from None
-    if not isinstance(value, dict):
-        raise ConversionError("%s %s must hold a JSON object" % (what, path))
-    return value
 
 
 def write_json(path, value):
