@@ -19,7 +19,9 @@ tokens/s = batch * new_tokens / seconds. TensorFlow runs with
 ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=2); torch with 2 threads.
 Each (implementation, batch) runs in its own subprocess so that thread pools do not interfere and
 peak RSS (ru_maxrss) is per measurement. The kv and recompute runs share weights (same seeded
-initializers), so their greedy tokens must agree; the table says whether they do.
+initializers), so their greedy tokens must agree; the output says whether they do.
+Timings are only meaningful on an otherwise idle machine: OpenMP (torch) in particular slows down
+many-fold when the 2 cores are oversubscribed, so each line reports the 1-minute load average.
 
 `--profile 1,8` adds, for the kv implementation at those batch sizes, a TF timeline (FULL_TRACE) of one
 whole generation and prints the op-type, scope and op totals (per step = total / steps).
@@ -294,15 +296,15 @@ def main(argv=None):
     header = "| %-38s | %5s | %9s | %11s | %11s | %13s |" % (
         "implementation", "batch", "tokens/s", "vs HF", "vs recompute", "peak RSS (MB)")
     print(header)
-    print("|" + "|".join("-" * (len(c) + 2) for c in header.split("|")[1:-1]) + "|")
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     for batch in batches:
         for impl in impls:
             r = results[impl, batch]
             rate = batch * args.new_tokens / r["seconds"]
             hf = results.get(("hf", batch))
             rc = results.get(("recompute", batch))
-            vs_hf = "%.2fx" % (rate / (batch * args.new_tokens / hf["seconds"])) if hf else "-"
-            vs_rc = "%.1fx" % (rate / (batch * args.new_tokens / rc["seconds"])) if rc else "-"
+            vs_hf = "%.3gx" % (rate / (batch * args.new_tokens / hf["seconds"])) if hf else "-"
+            vs_rc = "%.3gx" % (rate / (batch * args.new_tokens / rc["seconds"])) if rc else "-"
             print("| %-38s | %5d | %9.2f | %11s | %12s | %13.0f |" % (NAMES[impl], batch, rate, vs_hf, vs_rc,
                                                                       r["peak_rss_mb"]))
     print()
