@@ -702,7 +702,8 @@ def run_and_kill(flags, out, name, files):
                 if len(read_manifest(out, name)["files"]) >= files:
                     break
             except (OSError, ValueError):
-                pass
+                time.sleep(0.005)  # no manifest yet, or one being replaced: look again
+                continue
             time.sleep(0.005)
         os.kill(process.pid, signal.SIGKILL)
     finally:
@@ -747,7 +748,7 @@ def small_corpus(path):
 
 
 class Interrupt(KeyboardInterrupt):
-    pass
+    """A Ctrl-C raised at a chosen point of a conversion."""
 
 
 @pytest.mark.parametrize("mode", ["chunks", "documents"])
