@@ -57,6 +57,22 @@ def prompts(batch, args):
     return np.random.RandomState(1234).randint(0, VOCAB - 1, size=(batch, args.prompt)).astype(np.int32)
 
 
+def _prompt_feed(batch, args):
+    feed = np.zeros((batch, args.n_ctx), np.int32)
+    feed[:, :args.prompt] = prompts(batch, args)
+    return feed
+
+
+def _initialized_session(session_config, lowering):
+    """A session with the (seeded) initial weights, copied to the mesh slices."""
+    from meshtf import tf
+    init = tf.global_variables_initializer()
+    session = tf.Session(config=session_config)
+    session.run(init)
+    session.run(lowering.copy_masters_to_slices())
+    return session
+
+
 def cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -99,13 +115,9 @@ def worker_kv(args, batch):
     out = generate(tokens, lengths, d, config.model, sampling, eos_id=-1, seed=1)
     lowering = mtf.Lowering(graph, {mesh: impl})
     out = lowering.export_to_tf_tensor(out)
-    init = tf.global_variables_initializer()
-    feed = np.zeros((batch, args.n_ctx), np.int32)
-    feed[:, :args.prompt] = prompts(batch, args)
+    feed = _prompt_feed(batch, args)
     result = {}
-    with tf.Session(config=session_config) as session:
-        session.run(init)
-        session.run(lowering.copy_masters_to_slices())
+    with _initialized_session(session_config, lowering) as session:
         result["build_s"] = time.time() - t_build
         start = time.time()
         session.run(out, {ids: feed})
@@ -166,13 +178,9 @@ def worker_recompute(args, batch):
     position = tf.placeholder(tf.int32, [], name="position")
     # Only the argmax at the last filled position is fetched (the logits are [batch, n_ctx, vocab]).
     chosen = tf.argmax(logits[:, position], axis=-1, output_type=tf.int32)
-    init = tf.global_variables_initializer()
-    feed = np.zeros((batch, args.n_ctx), np.int32)
-    feed[:, :args.prompt] = prompts(batch, args)
+    feed = _prompt_feed(batch, args)
     result = {}
-    with tf.Session(config=session_config) as session:
-        session.run(init)
-        session.run(lowering.copy_masters_to_slices())
+    with _initialized_session(session_config, lowering) as session:
         result["build_s"] = time.time() - t_build
         start = time.time()
         session.run(chosen, {ids: feed, position: args.prompt - 1})
