@@ -10,16 +10,20 @@ import dataclasses
 import logging
 import sys
 
-from inputs.prompts import PromptError
+from inputs.prompts import PromptError, encode_prompts, read_prompts
 from inputs.sequential import DataError
 from inputs.tokenizer import TokenizerError, tokenizer_for
 from meshtf import tf
 from tfrecords_tools import check_dataset
 from tfrecords_tools.sources import InputError
-from trainer.checkpoints import latest_step
+from trainer import auto_layout
+from trainer.checkpoints import latest_checkpoint, latest_step
 from trainer.config import ConfigError, check_batch_layout, check_tokenizer_vocab, load_config, validate
-from trainer.estimator import build_estimator, evaluate, train
+from trainer.estimator import build_estimator, train
+from trainer.evaluation import Evaluator
 from trainer.export import export
+from trainer.flops import parse_peak_tflops
+from trainer.guards import NonFiniteError
 from trainer.hardware import select_hardware
 from trainer.predict import predict
 from trainer.preflight import preflight
@@ -39,9 +43,13 @@ def parse_args(argv=None):
     p.add_argument("--gpu_ids", nargs="+", default=None,
                    help="device strings for the placement mesh, one per mesh position (e.g. device:GPU:0 "
                         "device:GPU:1); default: all visible GPUs, else one virtual CPU device per position")
+    p.add_argument("--peak_tflops", type=parse_peak_tflops, default=None,
+                   help="peak TFLOP/s of one mesh device (of the whole machine on CPU), or a device in "
+                        "trainer/flops.py (v3, a100, ...), for the MFU in the training log")
     p.add_argument("--steps_per_checkpoint", type=int, default=5000,
-                   help="save a checkpoint (and run validation when eval_steps > 0) every N steps")
-    p.add_argument("--eval", action="store_true", help="evaluate the latest checkpoint for eval_steps batches")
+                   help="save a checkpoint (and evaluate, when eval_steps > 0 or eval_tasks are set) every N steps")
+    p.add_argument("--eval", action="store_true",
+                   help="evaluate the latest checkpoint: eval_tasks, then eval_steps batches of validation")
     p.add_argument("--predict", action="store_true", help="sample continuations of --prompt from the latest checkpoint")
     p.add_argument("--prompt", default=None,
                    help="prompt file: text (one prompt) or .jsonl ({\"prompt\": ...} per line); default: the "
@@ -60,6 +68,13 @@ def parse_args(argv=None):
     p.add_argument("--check_dataset", action="store_true",
                    help="check the config's train and eval TFRecords (ids < n_vocab, lengths, CRCs, manifests), "
                         "print a decoded sample, and exit")
+    p.add_argument("--auto_layout", action="store_true",
+                   help="print the best layout for the config's mesh_shape (trainer/auto_layout.py) and exit")
+    p.add_argument("--auto_layout_and_mesh_shape", action="store_true",
+                   help="print the best mesh_shape and layout for as many devices as mesh_shape has, and exit")
+    p.add_argument("--device_memory", type=float, default=auto_layout.DEFAULT_DEVICE_MEMORY / 2 ** 30,
+                   help="GiB of memory of one mesh device, which --auto_layout's choice must fit "
+                        "(default 16: a TPU v3 core)")
     args = p.parse_args(argv)
     if args.steps_per_checkpoint < 1:
         p.error("--steps_per_checkpoint must be at least 1")
@@ -67,11 +82,32 @@ def parse_args(argv=None):
 
 
 def check_data(config):
-    """--check_dataset: every train and eval file of the config's datasets, against its n_vocab and n_ctx."""
-    globs = [g for ds in config.data.dataset_configs for g in (ds.path, ds.eval_path) if g]
-    problems = check_dataset.check(globs, config.model.n_vocab, config.model.n_ctx, tokenizer_for(config.data))
+    """--check_dataset: every train and eval file of the config's datasets, against its n_vocab and n_ctx.
+
+    Records must hold n_ctx + 1 tokens each, except where generic_text joins documents (documents_*
+    sampling modes): there the `stitch` shortest together must (the smallest stitch of the dataset's entries).
+    """
+    d = config.data
+    tokenizer = tokenizer_for(d)
+    problems = 0
+    for ds in d.dataset_configs:
+        entries = [e for e in d.datasets if e.id == ds.id]
+        joins = d.input_fn == "generic_text" and all(e.sampling_mode != "chunks" for e in entries)
+        problems += check_dataset.check([g for g in (ds.path, ds.eval_path) if g], config.model.n_vocab,
+                                        config.model.n_ctx, tokenizer,
+                                        stitch=min(e.stitch for e in entries) if joins else None)
     if problems:
         raise DataError("%d problem(s) in the dataset (listed above)" % problems)
+
+
+def print_layout(config, with_mesh_shape, device_memory_gib):
+    """--auto_layout(_and_mesh_shape): log how the choice was made and print it as config lines."""
+    device_memory = device_memory_gib * 2 ** 30
+    choice = auto_layout.search(config, with_mesh_shape, device_memory)
+    for line in auto_layout.describe(config, choice, with_mesh_shape, device_memory):
+        log.info(line)
+    print('"mesh_shape": "%s",' % choice.mesh_shape_string)
+    print('"layout": "%s",' % choice.layout_string)
 
 
 def with_sampling_flags(config, args):
@@ -84,6 +120,21 @@ def with_sampling_flags(config, args):
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, seed=args.seed))
     validate(config)
     return config
+
+
+def sampling_rows(config, tokenizer, prompt_path):
+    """The rows to sample (inputs.prompts.encode_prompts): `--prompt`'s prompts, or the default one."""
+    if tokenizer is None:
+        raise ConfigError("--predict and `predict_steps` need a dataset config with a tokenizer to encode prompts")
+    if config.model.mlm_training:
+        raise ConfigError("`predict_steps` samples text, which a masked-LM model (`mlm_training`) does not "
+                          "generate; set it to 0")
+    check_batch_layout(config, "predict")
+    return encode_prompts(read_prompts(prompt_path), tokenizer, config.model.n_ctx, config.predict.num_samples)
+
+
+def samples_path(config, step):
+    return "%s/predictions_%d" % (config.model_path.rstrip("/"), step)
 
 
 def make_model_path(path):
@@ -100,17 +151,26 @@ def make_model_path(path):
 
 def run(args):
     overrides = {k: getattr(args, k) for k in ("model_path", "mesh_shape", "layout") if getattr(args, k) is not None}
+    choose_layout = args.auto_layout or args.auto_layout_and_mesh_shape
+    if choose_layout:
+        overrides.setdefault("layout", "")  # to be chosen; the config's may not fit an overridden mesh_shape
     config = load_config(args.model, overrides)
+    if choose_layout:
+        return print_layout(config, args.auto_layout_and_mesh_shape, args.device_memory)
     if args.check_dataset:
         return check_data(config)
     mode = "eval" if args.eval else "predict" if args.predict or args.export else "train"
     if mode == "predict":
+        if config.model.mlm_training:
+            raise ConfigError("--%s: a masked-LM model (`mlm_training`) does not generate text"
+                              % ("export" if args.export else "predict"))
         config = with_sampling_flags(config, args)
-    if args.eval and config.train.eval_steps < 1:
-        raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`")
+    if args.eval and not config.train.evaluates:
+        raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`, "
+                          "or `eval_tasks`")
     if mode == "train":
         make_model_path(config.model_path)
-    if mode != "train" and not tf.train.latest_checkpoint(config.model_path):
+    if mode != "train" and not latest_checkpoint(config.model_path):
         raise ConfigError("--%s: no checkpoint in %s; train first or fix `model_path`"
                           % ("export" if args.export else mode, config.model_path))
     if args.export:
@@ -118,29 +178,35 @@ def run(args):
         log.info("exported logits to %s and generation to %s", paths["logits"], paths["generate"])
         return
     check_batch_layout(config, mode)
-    if config.train.eval_steps > 0 and mode != "predict":
+    if config.train.evaluates and mode != "predict":
         check_batch_layout(config, "eval")
     parameters = preflight(config, mode)
     tokenizer = tokenizer_for(config.data) if config.data.dataset_configs else None
     if tokenizer is not None:
         check_tokenizer_vocab(config, tokenizer.get_vocab_size(), config.data.dataset_configs[0].tokenizer_path)
-    hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids)
+    hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids, peak_tflops=args.peak_tflops)
     log.info("%s: %s parameters (%d layers, n_embd %d, n_ctx %d) on %s mesh %s, layout %s", config.name,
              "{:,}".format(parameters), config.model.n_layer, config.model.n_embd, config.model.n_ctx,
              hardware.kind, config.mesh.shape_string, config.mesh.layout_string or "replicated")
-    if config.train.predict_steps > 0 and not args.eval:
-        log.warning("predict_steps > 0: sampling during training is not available yet; training without it")
-    estimator = build_estimator(config, hardware, args.steps_per_checkpoint)
+    # Sampling: --predict, or during training after every steps_per_checkpoint steps (`predict_steps` > 0).
+    samples = args.predict or (mode == "train" and config.train.predict_steps > 0)
+    rows = sampling_rows(config, tokenizer, args.prompt) if samples else None
+    # The generation graph prefills the positions every prompt has in one parallel pass.
+    estimator = build_estimator(config, hardware, args.steps_per_checkpoint,
+                                min_prompt_length=min(len(row.tokens) for row in rows) if rows else 1)
+    if args.predict:
+        output = args.output or samples_path(config, latest_step(config.model_path))
+        predict(estimator, config, tokenizer, rows, output, log.info)
+        return
+    evaluator = Evaluator(config, tokenizer) if config.train.evaluates else None
     if args.eval:
-        evaluate(estimator, config, log.info)
-    elif args.predict:
-        if tokenizer is None:
-            raise ConfigError("--predict needs a dataset config with a tokenizer to encode prompts")
-        step = latest_step(config.model_path)
-        output = args.output or "%s/predictions_%d" % (config.model_path.rstrip("/"), step)
-        predict(estimator, config, tokenizer, args.prompt, output, log.info)
-    else:
-        train(estimator, config, args.steps_per_checkpoint, log.info)
+        evaluator.run(estimator, log.info)
+        return
+
+    def sample(step):
+        predict(estimator, config, tokenizer, rows, samples_path(config, step), log.info)
+
+    train(estimator, config, args.steps_per_checkpoint, evaluator, log.info, sample if rows else None)
 
 
 def main(argv=None):
@@ -155,6 +221,9 @@ def main(argv=None):
     except (ConfigError, DataError, TokenizerError, InputError, PromptError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
     except tf.errors.InvalidArgumentError as e:
         # Assertions in the input pipeline carry a user-facing message; anything else is a bug.
         if "Data error:" not in e.message:

@@ -7,9 +7,10 @@ A 125M-shaped GPT-Neo (12 layers, n_embd 768, 12 heads, vocab 50257, alternating
 attention with window 256), random weights, a random `--prompt`-token prompt per row and
 `--new_tokens` greedy tokens (no early stop), for each batch size:
 
-- kv:        models/sampling.py `generate` (temperature 0, eos_id -1, max_new_tokens = new_tokens),
-             built once, initialised (seeded initializers), run once to warm up, then one timed
-             session.run of the whole generation (prompt steps included, as in real use).
+- kv:        models/sampling.py `generate` as --predict runs it (temperature 0, eos_id -1,
+             max_new_tokens = new_tokens, caches of sampling.decode_length, the prompt prefilled
+             in one parallel pass), built once, initialised (seeded initializers), run once to
+             warm up, then one timed session.run of the whole generation (prefill included).
 - hf:        transformers `GPTNeoForCausalLM.generate` (use_cache=True, greedy, same shape, random
              init, torch.set_num_threads(2)), warmed up, then one timed call.
 - recompute: a full forward pass of models/gpt.py `gpt` over the padded [batch, n_ctx] sequence per
@@ -27,30 +28,12 @@ many-fold when the 2 cores are oversubscribed, so each line reports the 1-minute
 whole generation and prints the op-type, scope and op totals (per step = total / steps).
 """
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import time
-from collections import defaultdict
 
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-THREADS = 2
-VOCAB = 50257
-
-
-def raw_config(n_ctx):
-    """The original's keys for a 125M-shaped model with no dataset."""
-    return dict(n_ctx=n_ctx, n_embd=768, n_head=12, n_layer=12, n_vocab=VOCAB,
-                attention_types=[[["global", "local"], 6]], local_attention_radius=256,
-                mesh_shape="x:1", layout="", model_path="/unused", train_batch_size=1, train_steps=1,
-                lr=1e-4, opt_name="adam", iterations=1, datasets=[], no_dataset=True,
-                scale_by_depth=True, scale_by_in=False)
+from common import THREADS, VOCAB, cpu_seconds, emit_result, print_trace, raw_config, run_worker, trace_summary
 
 
 def prompts(batch, args):
@@ -71,15 +54,6 @@ def _initialized_session(session_config, lowering):
     session.run(init)
     session.run(lowering.copy_masters_to_slices())
     return session
-
-
-def cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,13 +80,15 @@ def _tf_setup(args, batch):
 
 def worker_kv(args, batch):
     from meshtf import mtf, tf
-    from models.sampling import SamplingConfig, generate
+    from models.sampling import SamplingConfig, decode_length, generate
 
     t_build = time.time()
     config, graph, mesh, d, ids, tokens, impl, session_config = _tf_setup(args, batch)
     lengths = mtf.import_fully_replicated(mesh, tf.constant([args.prompt] * batch, tf.int32), mtf.Shape([d.batch]))
     sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
-    out = generate(tokens, lengths, d, config.model, sampling, eos_id=-1, seed=1)
+    # As --predict: caches as long as the generation needs, the prompt prefilled in one pass.
+    tokens = mtf.slice(tokens, 0, decode_length(args.prompt, args.new_tokens, args.n_ctx), d.sequence.name)
+    out = generate(tokens, lengths, d, config.model, sampling, eos_id=-1, seed=1, min_prompt_length=args.prompt)
     lowering = mtf.Lowering(graph, {mesh: impl})
     out = lowering.export_to_tf_tensor(out)
     feed = _prompt_feed(batch, args)
@@ -128,7 +104,7 @@ def worker_kv(args, batch):
         assert (generated[:, :args.prompt] == feed[:, :args.prompt]).all(), "prompt overwritten"
         assert not generated[:, args.prompt + args.new_tokens:].any(), "wrote past max_new_tokens"
         result.update(seconds=seconds, tokens=generated[:, args.prompt:args.prompt + args.new_tokens].tolist(),
-                      steps=args.prompt + args.new_tokens - 1)
+                      steps=args.new_tokens)
         if args.profile:
             result["profile"] = profile(session, out, {ids: feed}, graph=tf.get_default_graph(),
                                         steps=result["steps"])
@@ -143,27 +119,7 @@ def profile(session, fetch, feed, graph, steps):
     metadata = tf.RunMetadata()
     start = time.time()
     session.run(fetch, feed, options=options, run_metadata=metadata)
-    traced_seconds = time.time() - start
-    by_type, by_op, by_scope = defaultdict(float), defaultdict(float), defaultdict(float)
-    total = 0.0
-    for device in metadata.step_stats.dev_stats:
-        for node in device.node_stats:
-            micros = node.all_end_rel_micros
-            name = node.node_name.split(":")[0]
-            label = node.timeline_label
-            op_type = label.split(" = ")[1].split("(")[0] if " = " in label else name
-            try:
-                op_type = graph.get_operation_by_name(name).type
-            except (KeyError, ValueError):
-                pass
-            by_type[op_type] += micros
-            by_op[name] += micros
-            parts = [p for p in name.split("/") if not p.startswith("while")]
-            by_scope["/".join(parts[:2]) if parts else name] += micros
-            total += micros
-    top = lambda table, n: [(k, v) for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]]  # noqa: E731
-    return {"traced_seconds": traced_seconds, "total_op_us": total, "steps": steps,
-            "by_type": top(by_type, 25), "by_op": top(by_op, 30), "by_scope": top(by_scope, 25)}
+    return dict(trace_summary(metadata.step_stats, graph, steps), traced_seconds=time.time() - start)
 
 
 def worker_recompute(args, batch):
@@ -234,37 +190,24 @@ NAMES = {"kv": "ours, KV cache (mtf while loop)", "hf": "HF GPTNeo generate (use
 # Driver
 
 
-def run_worker(args, impl, batch):
+def run_decode_worker(args, impl, batch):
     command = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--batch", str(batch),
                "--n_ctx", str(args.n_ctx), "--new_tokens", str(args.new_tokens), "--prompt", str(args.prompt),
                "--recompute_steps", str(args.recompute_steps)]
     if impl == "kv" and str(batch) in args.profile.split(","):
         command.append("--profile=%d" % batch)
-    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TF_CPP_MIN_LOG_LEVEL="3")
-    started, load = time.time(), os.getloadavg()[0]
-    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit("%s at batch %d failed (exit %d)" % (impl, batch, proc.returncode))
-    result = json.loads(lines[-1][len("RESULT "):])
-    result["wall_s"], result["load_before"], result["load_after"] = time.time() - started, load, os.getloadavg()[0]
+    result = run_worker(command, "%s at batch %d" % (impl, batch))
     print("  %-9s batch %d: %.1f s timed (CPU %.1f s), %.0f s in all, 1-min load average %.1f -> %.1f" % (
-        impl, batch, result["seconds"], result["cpu_s"], result["wall_s"], load, result["load_after"]), flush=True)
+        impl, batch, result["seconds"], result["cpu_s"], result["wall_s"], result["load_before"],
+        result["load_after"]), flush=True)
     return result
 
 
 def print_profile(result, batch):
     p = result["profile"]
-    steps = p["steps"]
-    print("\nTimeline of one traced kv generation, batch %d (%.1f s traced vs %.1f s untraced; %d steps;"
-          " op time summed over both threads' executors):" % (batch, p["traced_seconds"], result["seconds"], steps))
-    for title, key in (("op type", "by_type"), ("scope", "by_scope"), ("op", "by_op")):
-        print("  %-62s %10s %8s %6s" % (title, "ms/step", "total s", "share"))
-        for name, micros in p[key]:
-            print("  %-62s %10.3f %8.2f %5.1f%%" % (name[-62:], micros / steps / 1e3, micros / 1e6,
-                                                   100 * micros / p["total_op_us"]))
-        print()
+    print_trace("Timeline of one traced kv generation, batch %d (%.1f s traced vs %.1f s untraced; %d steps;"
+                " op time summed over both threads' executors):" % (batch, p["traced_seconds"], result["seconds"],
+                                                                    p["steps"]), p)
 
 
 def main(argv=None):
@@ -284,9 +227,7 @@ def main(argv=None):
         parser.error("--prompt + --new_tokens must be <= --n_ctx")
 
     if args.worker:
-        result = WORKERS[args.worker](args, args.batch)
-        result["peak_rss_mb"] = peak_rss_mb()
-        print("RESULT " + json.dumps(result), flush=True)
+        emit_result(WORKERS[args.worker](args, args.batch))
         return
 
     impls = [i for i in ("hf", "kv", "recompute") if i in args.only.split(",")]
@@ -298,7 +239,7 @@ def main(argv=None):
     results = {}
     for batch in batches:
         for impl in impls:
-            results[impl, batch] = run_worker(args, impl, batch)
+            results[impl, batch] = run_decode_worker(args, impl, batch)
 
     print()
     header = "| %-38s | %5s | %9s | %11s | %11s | %13s |" % (

@@ -202,6 +202,16 @@ def _check_exportable(m):
     if kinds:
         raise ConversionError("attention type(s) %s have no HuggingFace GPT-Neo equivalent (only global, local)"
                               % ", ".join(kinds))
+    features = [key for key, on in (("rotary_emb", m.rotary_emb), ("axial_pos_emb", m.axial_pos_emb),
+                                    ("num_mem_kv", m.num_mem_kv)) if on]
+    if features:
+        raise ConversionError("%s: no HuggingFace GPT-Neo equivalent (it has learned `wpe` positions and plain "
+                              "attention only)" % ", ".join(features))
+    block = [key for key in ("macaron", "mlp_glu", "scalenorm", "rezero", "share_parameters", "no_weight_tie",
+                             "moe_layers") if getattr(m, key)]
+    if block:
+        raise ConversionError("%s: no HuggingFace GPT-Neo equivalent (its blocks are LayerNorm, attention and a "
+                              "GELU MLP per layer, with the output tied to wte)" % ", ".join(block))
 
 
 def resolve_checkpoint(path):

@@ -2,7 +2,7 @@
 
 `--prompt FILE` is either a text file (the whole file is one prompt) or a `.jsonl` file with one
 prompt per line (`{"prompt": "..."}`; `"text"` is accepted too), local or gs://. Each prompt is
-repeated `num_samples` times; rows are right-padded to n_ctx and the last batch is filled up
+repeated `num_samples` times; rows are right-padded to the generation's length and the last batch is filled up
 with copies of the last row, whose outputs are dropped.
 """
 import json
@@ -71,11 +71,11 @@ def encode_prompts(prompts, tokenizer, n_ctx, num_samples):
     return rows
 
 
-def input_fn_for(rows, n_ctx, batch_size, padding_id):
-    """An estimator input_fn yielding {"ids": [batch, n_ctx], "lengths": [batch]} for every row."""
+def input_fn_for(rows, length, batch_size, padding_id):
+    """An estimator input_fn yielding {"ids": [batch, length], "lengths": [batch]} for every row."""
     count = -(-len(rows) // batch_size) * batch_size
     filled = rows + [rows[-1]] * (count - len(rows))
-    ids = np.full((count, n_ctx), padding_id, np.int32)
+    ids = np.full((count, length), padding_id, np.int32)
     for i, row in enumerate(filled):
         ids[i, :len(row.tokens)] = row.tokens
     lengths = np.array([len(row.tokens) for row in filled], np.int32)

@@ -28,13 +28,34 @@ LOCAL_MEMORY_LENGTH = "local_memory_length"
 MODEL_DIMS = (BATCH, SEQUENCE, MEMORY_LENGTH, EMBED_SEQUENCE, EMBD, HEADS, FEATURES_PER_HEAD,
               VOCAB, INTERMEDIATE_EXPANDED, NUM_BLOCKS, QUERY_BLOCK_LENGTH, MEMORY_BLOCK_LENGTH,
               LOCAL_MEMORY_LENGTH)
+# Learned memory keys and values of global layers (`num_mem_kv`), attended with the context's keys.
+MEM_KV_SEQUENCE = "mem_kv_sequence"
+# The two factors of an axial position table (`axial_pos_emb`): rows and columns of its grid.
+AXIAL_DIM_0 = "axial_dim_0"
+AXIAL_DIM_1 = "axial_dim_1"
+# Rotary embeddings turn feature i of a head together with feature i + head_size/2, by angle i.
+HALF_FEATURES_PER_HEAD = "half_features_per_head"
+# Linear attention's key features, in its state sum(phi(k)ᵀ v) [features_per_head_in, features_per_head].
+FEATURES_PER_HEAD_IN = "features_per_head_in"
+# Mixture of experts (`moe_layers`): the experts on their weights and work, and on tensors split by
+# token groups instead (unsplit); each expert's hidden units; an expert's slots per group; the tokens
+# of a group; the groups, on tensors split by experts instead (unsplit).
+EXPERTS = "experts"
+EXPERT_UNSPLIT = "expert_unsplit"
+EXPERT_HIDDEN = "expert_hidden"
+EXPERT_CAPACITY = "expert_capacity"
+GROUP = "group"
+BATCH_UNSPLIT = "batch_unsplit"
+
 # Names the original model family also defines (memory key/values, axial and rotary position
 # embeddings, linear attention, microbatching, mixture of experts). Layout rules may name
-# them; they only take effect in models that have the feature.
-FEATURE_DIMS = ("mem_kv_sequence", "axial_dim", "axial_dim_0", "axial_dim_1",
-                "half_features_per_head", "features_per_head_in", "microbatch", "experts",
-                "expert_unsplit", "expert_hidden", "expert_capacity", "group", "outer_batch",
-                "batch_unsplit", "d_model_split")
+# them; they only take effect in models that have the feature. "axial_dim" (the original's
+# flattened axial table) is accepted but no tensor has it: rows are computed from the two factors;
+# likewise mesh-tf's MoE names "outer_batch" (expert replicas, always 1 in GPT-Neo) and "d_model_split".
+FEATURE_DIMS = (MEM_KV_SEQUENCE, "axial_dim", AXIAL_DIM_0, AXIAL_DIM_1,
+                HALF_FEATURES_PER_HEAD, FEATURES_PER_HEAD_IN, "microbatch", EXPERTS,
+                EXPERT_UNSPLIT, EXPERT_HIDDEN, EXPERT_CAPACITY, GROUP, "outer_batch",
+                BATCH_UNSPLIT, "d_model_split")
 LAYOUT_DIMS = MODEL_DIMS + FEATURE_DIMS
 
 

@@ -1,82 +1,181 @@
 """The GPT-Neo model: embeddings, pre-norm blocks, tied output, cross-entropy with z-loss.
 
-    h0 = wte[x] + wpe[0..n-1]
-    h  = h + Attn_i(LN_1(h));  h = h + MLP(LN_2(h))      for each layer i
-    logits = LN_f(h) · wteᵀ
+    h0 = wte[x] + wpe[0..n-1]        (or the axial table's rows; rotary embeddings act in attention instead)
+    h  = h + Attn_i(LN_1(h));  h = h + MLP(LN_2(h))      for each layer i     (variants: see `_layer`)
+    logits = LN_f(h) · wteᵀ                                    (`no_weight_tie`: a projection of its own)
+    loss = mean over tokens of ℓ(logits, labels) + Σ MoE load-balancing losses
 """
 from meshtf import mtf, tf
-from models import dims as names
-from models.layers import (attention, attention_masks, attention_step, dropout, layer_norm, mlp,
-                           normal_initializer)
+from models.attention import attention, attention_masks, attention_step
+from models.entmax import entmax_loss
+from models.layers import dense, dropout, embed, layer_norm, mlp, normal_initializer, rezero, scale_norm
+from models.moe import moe
+from models.positions import position_embedding
 
 
 def gpt(ids, d, model_config, train, seed, dtype=None):
     """Token ids [batch, sequence] -> logits [batch, sequence, vocab] (variables under `gpt2/`)."""
+    return _forward(ids, d, model_config, train, seed, dtype)[0]
+
+
+def gpt_with_cache(ids, d, model_config, train, seed, dtype=None, logits=True):
+    """`gpt` that also returns each layer's keys and values [batch, sequence, heads, features_per_head]
+    (() for a layer without attention).
+
+    The sequence may be shorter than n_ctx (a prompt, prefilled before decoding); without
+    `logits` the output projection is skipped and None returned in its place.
+    """
+    return _forward(ids, d, model_config, train, seed, dtype, logits)[:2]
+
+
+def gpt_losses(ids, labels, d, model_config, train, seed, dtype=None):
+    """The objective for ids -> labels [batch, sequence]: (loss, per-token loss [batch, sequence], logits).
+
+    ℓ is cross-entropy + z-loss (the per-token loss returned is the cross-entropy alone), or with
+    `entmax_loss` the 1.3-entmax loss (no z-loss, as the original). A masked LM (`mlm_training`)
+    averages ℓ over its scored positions only, those with a label >= 0 (see inputs/mlm.py).
+    """
+    c = model_config
+    logits, _, balance = _forward(ids, d, c, train, seed, dtype)
+    scored = mtf.cast(mtf.greater_equal(labels, 0), tf.float32) if c.mlm_training else None
+    if c.entmax_loss:
+        per_token = entmax_loss(logits, labels, d.vocab)
+        loss = _mean(per_token, scored)
+    else:
+        loss, per_token = token_losses(logits, labels, d, c.z_loss, scored)
+    return (loss if balance is None else loss + balance), per_token, logits
+
+
+def _forward(ids, d, model_config, train, seed, dtype, logits=True):
+    """(logits or None, each layer's cache, the MoE layers' summed load-balancing loss or None)."""
     c = model_config
     dtype = dtype or mtf.VariableDType(tf.float32)
     mesh = ids.mesh
     with tf.variable_scope("gpt2"):
-        wte, wpe = _embedding_tables(mesh, d, dtype, seed)
-        # A one-hot lookup, as the original: an id >= n_vocab (GPT-Neo's padding id 50257)
-        # embeds as a zero vector instead of failing.
-        h = dropout(mtf.gather(wte, ids, d.vocab), c.embed_dropout, train)
-        # Positions 0..n_ctx-1 are all rows of wpe, in order.
-        h += dropout(mtf.rename_dimension(wpe, names.EMBED_SEQUENCE, names.SEQUENCE), c.embed_dropout, train)
+        wte = _token_table(mesh, d, dtype, seed)
+        h = dropout(embed(wte, ids, d.vocab), c.embed_dropout, train)
+        if not c.rotary_emb:
+            positions = mtf.range(mesh, d.sequence, tf.int32)
+            h += dropout(position_embedding(positions, d, c, dtype, seed), c.embed_dropout, train)
 
         masks = attention_masks(mesh, c, d)
+        caches, balance = [], []
         for i, kind in enumerate(c.attention_types):
-            with tf.variable_scope("h%d" % i):
-                h = _block(h, kind, d, c, masks, train, dtype, seed)
+            with tf.variable_scope(_layer_scope(i, c)):
+                h, aux, cache = _block(h, i, kind, d, c, masks, train, dtype, seed)
+            caches.append(cache)
+            balance += [aux] if aux is not None else []
+        return ((_logits(h, wte, d, c, dtype, seed) if logits else None), caches,
+                mtf.add_n(balance) if balance else None)
 
-        h = layer_norm(h, d.embd, "ln_f", dtype)
-        return mtf.einsum([h, wte], output_shape=[d.batch, d.sequence, d.vocab])
 
-
-def gpt_step(tokens, step, caches, d, model_config, seed, dtype=None):
-    """One token per row, tokens [batch] at `step.position` -> (logits [batch, vocab], new caches).
+def gpt_step(tokens, position, caches, d, model_config, seed, dtype=None):
+    """One token per row, tokens [batch] at `position` -> (logits [batch, vocab], new caches).
 
     The same weights and arithmetic as `gpt`, for incremental decoding: each layer attends over
-    its cache (see layers.attention_step) instead of recomputing the sequence.
+    its cache (see attention.attention_step) instead of recomputing the sequence.
     """
     c = model_config
     dtype = dtype or mtf.VariableDType(tf.float32)
     with tf.variable_scope("gpt2"):
-        wte, wpe = _embedding_tables(tokens.mesh, d, dtype, seed)
-        h = mtf.gather(wte, tokens, d.vocab) + mtf.gather(wpe, step.position, d.embed_sequence)
+        wte = _token_table(tokens.mesh, d, dtype, seed)
+        h = embed(wte, tokens, d.vocab)
+        if not c.rotary_emb:
+            h += position_embedding(position, d, c, dtype, seed)
         new_caches = []
         for i, kind in enumerate(c.attention_types):
-            with tf.variable_scope("h%d" % i):
-                out, cache = attention_step(layer_norm(h, d.embd, "norm_1", dtype), kind, d, c, caches[i], step,
-                                            dtype, seed)
-                h += out
-                h += mlp(layer_norm(h, d.embd, "norm_2", dtype), d, c, False, dtype, seed)
+            def attend(x, cache=caches[i]):
+                return attention_step(x, kind, d, c, cache, position, dtype, seed)
+
+            with tf.variable_scope(_layer_scope(i, c)):
+                h, _, cache = _layer(h, i, kind, attend, d, c, False, dtype, seed)
             new_caches.append(cache)
-        h = layer_norm(h, d.embd, "ln_f", dtype)
-        return mtf.einsum([h, wte], output_shape=[d.batch, d.vocab]), new_caches
+        return _logits(h, wte, d, c, dtype, seed), new_caches
 
 
-def _embedding_tables(mesh, d, dtype, seed):
-    wte = mtf.get_variable(mesh, "wte", [d.vocab, d.embd], initializer=normal_initializer(0.02, "wte", seed),
-                           dtype=dtype)
-    wpe = mtf.get_variable(mesh, "wpe", [d.embed_sequence, d.embd],
-                           initializer=normal_initializer(0.01, "wpe", seed), dtype=dtype)
-    return wte, wpe
+def _token_table(mesh, d, dtype, seed):
+    return mtf.get_variable(mesh, "wte", [d.vocab, d.embd], initializer=normal_initializer(0.02, "wte", seed),
+                            dtype=dtype)
 
 
-def _block(h, kind, d, c, masks, train, dtype, seed):
-    def residual(x):
-        x += attention(layer_norm(x, d.embd, "norm_1", dtype), kind, d, c, masks, train, dtype, seed)
-        return x + mlp(layer_norm(x, d.embd, "norm_2", dtype), d, c, train, dtype, seed)
-
-    if c.recompute_grad and train:
-        return mtf.recompute_grad(residual, [h])
-    return residual(h)
+def _layer_scope(i, c):
+    # Shared parameters: every layer in the original's empty scope, so the names are `gpt2//norm_1/g`, ...
+    return "" if c.share_parameters else "h%d" % i
 
 
-def token_losses(logits, labels, d, z_loss):
+def _block(h, i, kind, d, c, masks, train, dtype, seed):
+    """Layer i over a sequence: (new h, load-balancing loss or None, its attention's (keys, values);
+    None under recompute_grad)."""
+    def layer(x):
+        return _layer(x, i, kind, lambda x: attention(x, kind, d, c, masks, train, dtype, seed), d, c, train,
+                      dtype, seed)
+
+    if c.recompute_grad and train:  # the layer runs again in the backward pass
+        if _has_experts(i, c):
+            h, aux = mtf.recompute_grad(lambda x: layer(x)[:2], [h])
+            return h, aux, None
+        return mtf.recompute_grad(lambda x: layer(x)[0], [h]), None, None
+    return layer(h)
+
+
+def _layer(x, i, kind, attend, d, c, train, dtype, seed):
+    """Layer i on x [batch, (sequence,) embd], for a sequence and a decoding step alike; `attend`
+    is its attention, x -> (output, cache). Returns (new x, load-balancing loss or None, cache).
+
+        x = x + ½·MLP_macaron(x)                            (macaron, on the un-normalised x)
+        x = x + R_1(Attn(N_1(x)))                           ("none" layers: x + R_1(x), as the original)
+        x = x + R_2(s·FF(N_2(x)))       s = ½ with macaron, else 1; FF = MLP, or experts in `moe_layers`
+
+    N is LayerNorm, or with `scalenorm` a normalisation with one scalar gain; R is the identity. With
+    `rezero` there are no norms and R(y) = g·y, g a learned scalar starting at 0.
+    """
+    if c.macaron:
+        x += 0.5 * mlp(x, d, c, train, dtype, seed, scope="mlp_macaron")
+    if kind == "none":
+        out, cache = x, ()
+    else:
+        out, cache = attend(_norm(x, "norm_1", d, c, dtype))
+    x += _residual(out, "norm_rezero_1", c, dtype)
+    if _has_experts(i, c):
+        out, aux = moe(_norm(x, "norm_2", d, c, dtype), d, c.moe_params, c.moe_activation, train, dtype, seed)
+        out = dropout(out, c.res_dropout, train)  # the original dropped out in every mode
+    else:
+        out, aux = mlp(_norm(x, "norm_2", d, c, dtype), d, c, train, dtype, seed), None
+    if c.macaron:
+        out *= 0.5
+    return x + _residual(out, "norm_rezero_2", c, dtype), aux, cache
+
+
+def _has_experts(i, c):
+    return i in (c.moe_layers or ())
+
+
+def _norm(x, name, d, c, dtype):
+    if c.rezero:
+        return x
+    return scale_norm(x, d.embd, name, dtype) if c.scalenorm else layer_norm(x, d.embd, name, dtype)
+
+
+def _residual(out, name, c, dtype):
+    return rezero(out, name, dtype) if c.rezero else out
+
+
+def _logits(h, wte, d, c, dtype, seed):
+    """LN_f(h) · wteᵀ, or with `no_weight_tie` LN_f(h) · W + b (the original skipped LN_f there,
+    leaving the residual stream unnormalised)."""
+    h = layer_norm(h, d.embd, "ln_f", dtype)
+    if c.no_weight_tie:
+        with tf.variable_scope("wte_final_linear"), tf.variable_scope("conv1d_main"):
+            return dense(h, d.embd, d.vocab, "linear_out", 0.02 * (d.embd.size ** -0.5 if c.scale_by_in else 1.0),
+                         dtype, seed)
+    return mtf.einsum([h, wte], output_shape=mtf.Shape(h.shape.dims[:-1] + [d.vocab]))
+
+
+def token_losses(logits, labels, d, z_loss, scored=None):
     """Per-token cross-entropy and z-loss (float32): ℓ = logZ - z_target + z_loss·logZ².
 
-    Returns (mean loss, per-token cross-entropy [batch, sequence]).
+    Returns (mean loss, per-token cross-entropy [batch, sequence]); the mean is over the positions
+    where `scored` [batch, sequence] is 1 when it is given.
     A label >= n_vocab has an all-zero one-hot, so only its z-loss term counts (as the original).
     """
     logits = mtf.to_float(logits)
@@ -85,4 +184,10 @@ def token_losses(logits, labels, d, z_loss):
                                   reduced_dim=d.vocab)
     cross_entropy = log_z - target_logit
     per_token = cross_entropy + z_loss * mtf.square(log_z)
-    return mtf.reduce_mean(per_token), cross_entropy
+    return _mean(per_token, scored), cross_entropy
+
+
+def _mean(per_token, scored):
+    if scored is None:
+        return mtf.reduce_mean(per_token)
+    return mtf.reduce_sum(per_token * scored) / mtf.maximum(mtf.reduce_sum(scored), 1.0)

@@ -1,39 +1,56 @@
-"""GPT-Neo's building blocks in Mesh-TF: LayerNorm, dense, attention (global, local), MLP.
+"""GPT-Neo's building blocks in Mesh-TF: norms, dense, dropout, embedding lookup, MLP.
 
 Variable scopes and names are checkpoint API (see the original's variable table), so every
 scope below is written literally where the variable is created.
 """
 import zlib
-from dataclasses import dataclass
-from typing import Optional
 
 from meshtf import mtf, tf
 from models import dims as names
+from models.activations import activation
 
 LAYER_NORM_EPSILON = 1e-5
-GLOBAL_MASK_VALUE = -1e10
-LOCAL_MASK_VALUE = -1e9
 
 
-def normal_initializer(stddev, name, seed):
-    """N(0, stddev) seeded from the variable's full name.
+def normal_initializer(stddev, name, seed, truncated=False):
+    """N(0, stddev) (cut at 2 stddev if `truncated`) seeded from the variable's full name.
 
     An op-level seed keeps initial values independent of how many ops the graph already has,
     so the same config gives the same weights on every mesh and in every run.
     """
     scope = tf.get_variable_scope().name
     full_name = "%s/%s" % (scope, name) if scope else name
-    return tf.random_normal_initializer(stddev=stddev, seed=(zlib.crc32(full_name.encode()) + seed) % (2 ** 31))
+    initializer = tf.truncated_normal_initializer if truncated else tf.random_normal_initializer
+    return initializer(stddev=stddev, seed=(zlib.crc32(full_name.encode()) + seed) % (2 ** 31))
+
+
+def normalized(x, dim):
+    """(x - mean) / sqrt(biased variance + 1e-5) over `dim`."""
+    x -= mtf.reduce_mean(x, reduced_dim=dim)
+    variance = mtf.reduce_mean(mtf.square(x), reduced_dim=dim)
+    return x * mtf.rsqrt(variance + LAYER_NORM_EPSILON)
 
 
 def layer_norm(x, dim, name, dtype):
-    """y = (x - mean) / sqrt(biased var + 1e-5) * g + b, over `dim`."""
+    """normalized(x) * g + b, with g and b [dim]."""
     with tf.variable_scope(name):
         g = mtf.get_variable(x.mesh, "g", [dim], initializer=tf.ones_initializer(), dtype=dtype)
         b = mtf.get_variable(x.mesh, "b", [dim], initializer=tf.zeros_initializer(), dtype=dtype)
-    x -= mtf.reduce_mean(x, reduced_dim=dim)
-    variance = mtf.reduce_mean(mtf.square(x), reduced_dim=dim)
-    return x * mtf.rsqrt(variance + LAYER_NORM_EPSILON) * g + b
+    return normalized(x, dim) * g + b
+
+
+def scale_norm(x, dim, name, dtype):
+    """normalized(x) * g with one scalar g (`scalenorm`: the original's, not the paper's L2 ScaleNorm)."""
+    with tf.variable_scope(name):
+        g = mtf.get_variable(x.mesh, "g", [], initializer=tf.ones_initializer(), dtype=dtype)
+    return normalized(x, dim) * g
+
+
+def rezero(x, name, dtype):
+    """x * g with one scalar g that starts at 0 (ReZero: every residual branch starts switched off)."""
+    with tf.variable_scope(name):
+        g = mtf.get_variable(x.mesh, "g", [], initializer=tf.zeros_initializer(), dtype=dtype)
+    return x * g
 
 
 def dense(x, in_dim, out_dim, name, stddev, dtype, seed, bias=True):
@@ -52,182 +69,141 @@ def dropout(x, rate, train):
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention
+# Embedding lookup
 
 
-def local_block_length(n_ctx, radius):
-    """Smallest block length >= radius that divides n_ctx, or None when blocks would not help.
+def embed(table, ids, dim):
+    """Rows of table [dim, ...] at ids [...] -> [..., ...]; an id outside [0, dim) gives zeros.
 
-    A query block then sees its own block and the previous one, which holds every key of its
-    window (positions p - radius + 1 .. p).
+    The same values as the original's one-hot matmul (GPT-Neo's padding id 50257 embeds as a zero
+    vector), without its [tokens, vocab] one-hot operand and vocab-wide matmuls forward and back.
     """
-    for length in range(radius, n_ctx // 2 + 1):
-        if n_ctx % length == 0:
-            return length
-    return None
+    return _Lookup(table, ids, dim).outputs[0]
 
 
-def attention_masks(mesh, model_config, d):
-    """Additive masks, built once per graph and shared by every layer of a kind."""
-    masks = {}
-    kinds = set(model_config.attention_types)
-    query = mtf.range(mesh, d.sequence, tf.int32)
-    key = mtf.range(mesh, d.memory_length, tf.int32)
-    if "global" in kinds:
-        masks["global"] = mtf.cast(mtf.less(query, key), tf.float32) * GLOBAL_MASK_VALUE
-    if "local" in kinds:
-        radius = model_config.local_attention_radius
-        length = local_block_length(model_config.n_ctx, radius)
-        if length is None:
-            distance = query - key
-            visible = mtf.logical_and(mtf.greater_equal(distance, 0), mtf.less(distance, radius))
-            masks["local"] = (1.0 - mtf.cast(visible, tf.float32)) * LOCAL_MASK_VALUE
-        else:
-            blocks = mtf.Dimension(names.NUM_BLOCKS, model_config.n_ctx // length)
-            q_pos = mtf.range(mesh, mtf.Dimension(names.QUERY_BLOCK_LENGTH, length), tf.int32)
-            m_pos = mtf.range(mesh, mtf.Dimension(names.MEMORY_BLOCK_LENGTH, 2 * length), tf.int32)
-            block = mtf.range(mesh, blocks, tf.int32)
-            # Memory slot j of block b holds position b*L + j - L.
-            distance = q_pos + length - m_pos
-            visible = mtf.logical_and(
-                mtf.logical_and(mtf.greater_equal(distance, 0), mtf.less(distance, radius)),
-                mtf.greater_equal(block * length + m_pos, length))
-            masks["local"] = (1.0 - mtf.cast(visible, tf.float32)) * LOCAL_MASK_VALUE
-            masks["local_block_length"] = length
-    return masks
+def _table_offset(mesh_impl, dim, rows):
+    """The first row of each device's slice of a table split along `dim` (0 when not split)."""
+    axis = mesh_impl.tensor_dimension_to_mesh_axis(dim)
+    if axis is None:
+        return 0, None
+    return mesh_impl.slicewise(tf.multiply, mesh_impl.laid_out_pcoord(axis), rows), axis
 
 
-def attention(h, kind, d, model_config, masks, train, dtype, seed):
-    """Multi-head attention of `kind` over h [batch, sequence, embd]; output [batch, sequence, embd].
-
-    Logits are q·kᵀ in float32 without 1/sqrt(head_size): GPT-Neo folds that factor into the
-    initialiser of q, so trained checkpoints expect unscaled dot products.
-    """
-    c = model_config
-    with tf.variable_scope("attn"):
-        q, k, v = _qkv(h, d, c, dtype, seed)
-        if kind == "global":
-            out = _full_attention(q, k, v, d, masks["global"], c.attn_dropout, train)
-        else:
-            out = _local_attention(q, k, v, d, masks, c.n_ctx)
-        out = _output_projection(out, d, c, dtype, seed)
-    return dropout(out, c.res_dropout, train)
+def _local_rows(ids, offset, rows):
+    """(ids as rows of this slice, clamped into it; whether each id is in this slice)."""
+    local = ids - offset
+    inside = tf.logical_and(local >= 0, local < rows)
+    return tf.where(inside, local, tf.zeros_like(local)), inside
 
 
-def _qkv(h, d, c, dtype, seed):
-    return (_project(h, d, "q", (c.n_embd * c.head_size) ** -0.5, dtype, seed),
-            _project(h, d, "k", c.n_embd ** -0.5, dtype, seed),
-            _project(h, d, "v", c.n_embd ** -0.5, dtype, seed))
+def _zero_outside(x, inside):
+    """x [ids..., rest...] with the rows of ids outside this slice set to zero."""
+    mask = tf.cast(inside, x.dtype)
+    return x * tf.reshape(mask, mask.shape.as_list() + [1] * (x.shape.ndims - mask.shape.ndims))
 
 
-def _output_projection(out, d, c, dtype, seed):
-    """Concatenated heads [.., heads, features_per_head] @ o + o_b -> [.., embd]."""
-    out = mtf.replace_dimensions(out, [d.heads, d.features_per_head], d.heads_combined)
-    o = mtf.get_variable(out.mesh, "o", [d.heads_combined, d.embd],
-                         initializer=normal_initializer(c.n_embd ** -0.5, "o", seed), dtype=dtype)
-    out = mtf.einsum([out, o], reduced_dims=[d.heads_combined])
-    with tf.variable_scope("compute_output_bias"):
-        out += mtf.get_variable(out.mesh, "o_b", [d.embd], initializer=tf.zeros_initializer(), dtype=dtype)
-    return out
+class _Lookup(mtf.Operation):
+    def __init__(self, table, ids, dim):
+        if table.shape.dims[0] != dim:
+            raise ValueError("embed: %s must be the table's first dimension" % dim)
+        super().__init__([table, ids], name="embedding_lookup")
+        self._dim = dim
+        self._outputs = [mtf.Tensor(self, mtf.Shape(ids.shape.dims + table.shape.dims[1:]), table.dtype)]
+
+    def gradient(self, grad_ys):
+        table, ids = self.inputs
+        return [_ScatterAdd(grad_ys[0], ids, table.shape).outputs[0], None]
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        table, ids = self.inputs
+        rows = mesh_impl.slice_shape(table.shape)[0]
+        offset, axis = _table_offset(mesh_impl, self._dim, rows)
+
+        def lookup(table, ids, offset):
+            local, inside = _local_rows(ids, offset, rows)
+            # A dense read first: a gather from a resource variable would switch it to copy-on-read.
+            return _zero_outside(tf.gather(tf.convert_to_tensor(table), local), inside)
+
+        y = mesh_impl.slicewise(lookup, lowering.tensors[table], lowering.tensors[ids], offset)
+        if axis is not None:  # each device found only the rows of its slice
+            y = mesh_impl.allreduce(y, [axis], "SUM")
+        lowering.set_tensor_lowering(self.outputs[0], y)
 
 
-@dataclass(frozen=True)
-class DecodeStep:
-    """Where one decoding step is: the position of its token, and for local layers whose window is
-    shorter than the context, the ring buffer slot it writes (one-hot) and the position each slot
-    holds afterwards (-1 for a slot not written yet). All local layers share these."""
+class _ScatterAdd(mtf.Operation):
+    """The lookup's gradient: dy [ids..., rest...] summed into rows [dim, rest...] of the table's shape."""
 
-    position: mtf.Tensor
-    ring_slot: Optional[mtf.Tensor] = None
-    ring_positions: Optional[mtf.Tensor] = None
+    def __init__(self, dy, ids, table_shape):
+        super().__init__([dy, ids], name="embedding_lookup_grad")
+        self._outputs = [mtf.Tensor(self, table_shape, dy.dtype)]
 
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        dy, ids = self.inputs
+        table_shape = self.outputs[0].shape
+        slice_shape = mesh_impl.slice_shape(table_shape)
+        offset, _ = _table_offset(mesh_impl, table_shape.dims[0], slice_shape[0])
 
-def attention_step(h, kind, d, model_config, cache, step, dtype, seed):
-    """Attention of one new token per row, h [batch, embd] at `step.position`, over its layer's cache.
+        def scatter_add(dy, ids, offset):
+            local, inside = _local_rows(ids, offset, slice_shape[0])
+            return tf.math.unsorted_segment_sum(_zero_outside(dy, inside), local, slice_shape[0])
 
-    Global layers keep keys/values of every position [batch, memory_length, ...]; local layers a
-    ring buffer of their window [batch, local_memory_length, ...] (see `DecodeStep`), so a step
-    costs attention over the window only. Returns (output [batch, embd], updated cache).
-    """
-    c = model_config
-    with tf.variable_scope("attn"):
-        q, k, v = _qkv(h, d, c, dtype, seed)
-        if kind == "local" and step.ring_slot is not None:
-            here, visible = step.ring_slot, mtf.greater_equal(step.ring_positions, 0)
-            mask_value = LOCAL_MASK_VALUE
-        else:
-            here = mtf.one_hot(step.position, d.memory_length, dtype=tf.float32)
-            key = mtf.range(h.mesh, d.memory_length, tf.int32)
-            visible = mtf.less_equal(key, step.position)
-            if kind == "local":  # a window that covers the whole context
-                visible = mtf.logical_and(visible, mtf.greater(key, step.position - c.local_attention_radius))
-            mask_value = GLOBAL_MASK_VALUE if kind == "global" else LOCAL_MASK_VALUE
-        k_cache, v_cache = (old + mtf.cast(here, new.dtype) * (new - old) for old, new in zip(cache, (k, v)))
-        memory = k_cache.shape.dims[1]
-        logits = mtf.einsum([mtf.to_float(q), mtf.to_float(k_cache)], output_shape=[d.batch, d.heads, memory])
-        logits += (1.0 - mtf.cast(visible, tf.float32)) * mask_value
-        weights = mtf.softmax(logits, memory)
-        out = mtf.einsum([mtf.cast(weights, v_cache.dtype), v_cache], output_shape=[d.batch, d.heads, d.features_per_head])
-        return _output_projection(out, d, c, dtype, seed), (k_cache, v_cache)
-
-
-def _project(h, d, name, stddev, dtype, seed):
-    """h @ W[embd, heads*features_per_head] split into [..., heads, features_per_head] (heads-major)."""
-    w = mtf.get_variable(h.mesh, name, [d.embd, d.heads_combined],
-                         initializer=normal_initializer(stddev, name, seed), dtype=dtype)
-    x = mtf.einsum([h, w], reduced_dims=[d.embd])
-    return mtf.replace_dimensions(x, d.heads_combined, [d.heads, d.features_per_head])
-
-
-def _full_attention(q, k, v, d, mask, attn_dropout, train):
-    """Attention over all n_ctx keys (renamed to memory_length) under an additive mask."""
-    k = mtf.rename_dimension(k, names.SEQUENCE, names.MEMORY_LENGTH)
-    v = mtf.rename_dimension(v, names.SEQUENCE, names.MEMORY_LENGTH)
-    logits = mtf.einsum([mtf.to_float(q), mtf.to_float(k)],
-                        output_shape=[d.batch, d.heads, d.sequence, d.memory_length]) + mask
-    weights = dropout(mtf.softmax(logits, d.memory_length), attn_dropout, train)
-    return mtf.einsum([mtf.cast(weights, v.dtype), v],
-                      output_shape=[d.batch, d.sequence, d.heads, d.features_per_head])
-
-
-def _local_attention(q, k, v, d, masks, n_ctx):
-    """Each query sees the `local_attention_radius` keys ending at its own position (no dropout)."""
-    length = masks.get("local_block_length")
-    if length is None:  # no useful block split: all keys under a band mask
-        return _full_attention(q, k, v, d, masks["local"], 0.0, train=False)
-    blocks = mtf.Dimension(names.NUM_BLOCKS, n_ctx // length)
-    q_block = mtf.Dimension(names.QUERY_BLOCK_LENGTH, length)
-    m_block = mtf.Dimension(names.MEMORY_BLOCK_LENGTH, length)
-    q = mtf.replace_dimensions(q, d.sequence, [blocks, q_block])
-    k, v = (_previous_and_current_block(mtf.replace_dimensions(t, d.sequence, [blocks, m_block]), blocks)
-            for t in (k, v))
-    m_both = k.shape.get_dim_by_name(names.MEMORY_BLOCK_LENGTH)
-    logits = mtf.einsum([mtf.to_float(q), mtf.to_float(k)],
-                        output_shape=[d.batch, d.heads, blocks, q_block, m_both]) + masks["local"]
-    weights = mtf.softmax(logits, m_both)
-    out = mtf.einsum([mtf.cast(weights, v.dtype), v],
-                     output_shape=[d.batch, blocks, q_block, d.heads, d.features_per_head])
-    return mtf.replace_dimensions(out, [blocks, q_block], d.sequence)
-
-
-def _previous_and_current_block(x, blocks):
-    """[.., blocks, memory_block_length=L, ..] -> [.., blocks, memory_block_length=2L, ..]."""
-    previous = mtf.shift(x, offset=1, dim=blocks, wrap=False)
-    return mtf.concat([previous, x], names.MEMORY_BLOCK_LENGTH)
+        y = mesh_impl.slicewise(scatter_add, lowering.tensors[dy], lowering.tensors[ids], offset)
+        # Devices holding different ids (e.g. batch slices) each summed their own tokens.
+        axes = [mesh_impl.tensor_dimension_to_mesh_axis(dim) for dim in ids.shape.dims]
+        axes = [axis for axis in axes if axis is not None]
+        if axes:
+            # Lazy, as mtf's einsums: added to the output projection's gradient of the same
+            # (tied) table first, so the two are all-reduced once.
+            y = mtf.LazyAllreduceSum(mesh_impl, y, axes)
+        lowering.set_tensor_lowering(self.outputs[0], y)
 
 
 # ---------------------------------------------------------------------------------------------
 # MLP
 
 
-def mlp(h, d, model_config, train, dtype, seed):
-    """c_proj(gelu(c_fc(h))) with the original's `conv1d_main` scopes and init scaling."""
+def mlp(h, d, model_config, train, dtype, seed, scope="mlp"):
+    """c_proj(act(c_fc(h))), the original's `conv1d_main` scopes and init scaling; `act` is
+    `activation_fn`, learning its scalars (if any) as `<scope>/activation-<k>`.
+
+    With `mlp_glu`: c_proj(value · act(gate)), c_fc's 2·intermediate columns being [value | gate].
+    """
     c = model_config
     fc_std = 0.02 * (d.embd.size ** -0.5 if c.scale_by_in else 1.0)
     proj_std = 0.02 * (c.n_layer ** -0.5 if c.scale_by_depth else 1.0) * (
         d.intermediate.size ** -0.5 if c.scale_by_in else 1.0)
-    with tf.variable_scope("mlp"), tf.variable_scope("conv1d_main"):
-        x = dense(h, d.embd, d.intermediate, "c_fc", fc_std, dtype, seed)
-        x = mtf.gelu(x)  # tanh approximation, HF's "gelu_new"
-        x = dense(x, d.intermediate, d.embd, "c_proj", proj_std, dtype, seed)
+    with tf.variable_scope(scope):
+        with tf.variable_scope("conv1d_main"):
+            if c.mlp_glu:
+                value, gate = _glu_fc(h, d, fc_std, dtype, seed)
+            else:
+                value, gate = None, dense(h, d.embd, d.intermediate, "c_fc", fc_std, dtype, seed)
+        x = activation(c.activation_fn, gate, dtype, seed)
+        if value is not None:
+            x *= value
+        with tf.variable_scope("conv1d_main"):
+            x = dense(x, d.intermediate, d.embd, "c_proj", proj_std, dtype, seed)
     return dropout(x, c.res_dropout, train)
+
+
+def _glu_fc(h, d, stddev, dtype, seed):
+    """GLU's c_fc, kernel [embd, 2·intermediate] and bias [2·intermediate] -> (value, gate) [.., intermediate].
+
+    The weights are halved rather than the activations, after renaming their columns to a name no
+    layout splits: mesh-tf cannot split a dimension that the layout splits, and `intermediate_expanded`
+    often is. (Where it is, each step gathers these weights; the activations stay split.)
+    """
+    both = mtf.Dimension(names.INTERMEDIATE_EXPANDED, 2 * d.intermediate.size)
+    with tf.variable_scope("c_fc"):
+        kernel = mtf.get_variable(h.mesh, "kernel", [d.embd, both],
+                                  initializer=normal_initializer(stddev, "kernel", seed), dtype=dtype)
+        bias = mtf.get_variable(h.mesh, "bias", [both], initializer=tf.zeros_initializer(), dtype=dtype)
+
+    def halves(w):
+        w = mtf.rename_dimension(w, names.INTERMEDIATE_EXPANDED, "glu_columns")
+        return [mtf.rename_dimension(half, "glu_columns", names.INTERMEDIATE_EXPANDED)
+                for half in mtf.split(w, w.shape.get_dim_by_name("glu_columns"), 2)]
+
+    return [mtf.einsum([h, k], reduced_dims=[d.embd]) + b for k, b in zip(halves(kernel), halves(bias))]

@@ -1,16 +1,20 @@
-"""Autoregressive sampling with key/value caches, as one Mesh-TF while loop.
+"""Autoregressive sampling with per-layer caches (keys and values), as one Mesh-TF while loop.
 
-Step t feeds the token at position t - 1 of every row through `gpt_step` (one token's worth of
-projections and MLP, attention over the cache) and chooses the token at position t. Rows whose
-prompt is longer keep their prompt token (teacher forcing), so prompts of different lengths
-share a batch. A row stops at its first generated `eos_id`, after `max_new_tokens`, or at n_ctx.
+The first `min_prompt_length - 1` positions, prompt in every row, run through the model in one
+parallel pass that fills the caches. Then step t feeds the token at position t - 1 of every row
+through `gpt_step` (one token's worth of projections and MLP, attention over the cache) and
+chooses the token at position t. Rows whose prompt is longer keep their prompt token (teacher
+forcing), so prompts of different lengths share a batch. A row stops at its first generated
+`eos_id`, after `max_new_tokens`, or at the end of `ids`.
 """
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 from meshtf import mtf, tf
-from models.gpt import gpt_step
-from models.layers import DecodeStep
+from models import dims as names
+from models.attention import decode_state
+from models.gpt import gpt_step, gpt_with_cache
 
 
 @dataclass(frozen=True)
@@ -23,62 +27,85 @@ class SamplingConfig:
     stop_at_eos: bool = True
 
 
-def generate(ids, lengths, d, model_config, sampling, eos_id, seed, record_logits=False):
+def decode_length(longest_prompt, max_new_tokens, n_ctx, multiple=64):
+    """The sequence length a generation needs, rounded up to `multiple` (so that few graphs are
+    built) and capped at n_ctx: the caches are this long, not n_ctx."""
+    needed = n_ctx if max_new_tokens is None else min(n_ctx, longest_prompt + max_new_tokens)
+    return min(n_ctx, -(-needed // multiple) * multiple)
+
+
+def generate(ids, lengths, d, model_config, sampling, eos_id, seed, min_prompt_length=1, record_logits=False):
     """ids [batch, sequence] (prompts, any padding after them), lengths [batch] -> ids with samples.
 
-    With `record_logits` every position is teacher-forced and the logits of each step are kept:
-    returns (ids, logits [batch, sequence, vocab]) — what full-forward logits must equal.
+    `sequence` may be shorter than n_ctx (see `decode_length`). Every prompt must have at least
+    `min_prompt_length` tokens. With `record_logits` every position is teacher-forced and the
+    logits of each position are kept: returns (ids, logits [batch, sequence, vocab]), what
+    full-forward logits must equal.
     """
     mesh = ids.mesh
-    n_ctx = d.sequence.size
-    ring = model_config.local_attention_radius < n_ctx and "local" in model_config.attention_types
-    caches = []
-    for kind in model_config.attention_types:
-        memory = d.local_memory if kind == "local" and ring else d.memory_length
-        shape = mtf.Shape([d.batch, memory, d.heads, d.features_per_head])
-        caches += [mtf.zeros(mesh, shape), mtf.zeros(mesh, shape)]
-    state = [mtf.constant(mesh, 1, dtype=tf.int32), ids,
-             _finished(lengths, mtf.constant(mesh, 1, dtype=tf.int32), n_ctx, sampling.max_new_tokens),
-             mtf.constant(mesh, -1, shape=mtf.Shape([d.local_memory]), dtype=tf.int32),
-             mtf.constant(mesh, 0, dtype=tf.int32)] + caches
+    c = model_config
+    sequence = ids.shape.get_dim_by_name(names.SEQUENCE)
+    d = dataclasses.replace(d, sequence=sequence, memory_length=mtf.Dimension(names.MEMORY_LENGTH, sequence.size),
+                            local_memory=mtf.Dimension(names.LOCAL_MEMORY_LENGTH,
+                                                       min(c.local_attention_radius, sequence.size)))
+    prefill = min(min_prompt_length, sequence.size) - 1
+    caches, logits = _prefilled_caches(ids, prefill, d, c, seed, record_logits)
+    # The loop carries a flat list of tensors: each layer's state is `sizes[i]` of them.
+    sizes = [len(cache) for cache in caches]
+    first = mtf.constant(mesh, prefill + 1, dtype=tf.int32)
+    state = [first, ids, _finished(lengths, first, sequence.size, sampling.max_new_tokens)]
+    state += [x for cache in caches for x in cache]
     if record_logits:
-        state.append(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence, d.vocab])))
-    last_step = n_ctx + 1 if record_logits else n_ctx
+        state.append(logits)
+    last_step = sequence.size + 1 if record_logits else sequence.size
 
     def cond(t, ids, done, *rest):
         if record_logits:  # every position, whatever the rows' state
             return mtf.less(t, last_step)
         return mtf.logical_and(mtf.less(t, last_step), mtf.less(mtf.reduce_min(done), 1))
 
-    def body(t, ids, done, ring_positions, slot, *rest):
+    def body(t, ids, done, *rest):
         position = t - 1
-        tokens = mtf.reduce_sum(ids * mtf.one_hot(position, d.sequence, dtype=tf.int32), reduced_dim=d.sequence)
-        ring_slot = mtf.one_hot(slot, d.local_memory, dtype=tf.float32)
-        ring_positions = mtf.where(mtf.cast(ring_slot, tf.bool), position + mtf.zeros_like(ring_positions),
-                                   ring_positions)
-        step = DecodeStep(position, ring_slot if ring else None, ring_positions if ring else None)
-        layer_caches = [tuple(rest[i:i + 2]) for i in range(0, 2 * len(model_config.attention_types), 2)]
-        logits, layer_caches = gpt_step(tokens, step, layer_caches, d, model_config, seed)
+        tokens = mtf.reduce_sum(ids * mtf.one_hot(position, sequence, dtype=tf.int32), reduced_dim=sequence)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        layer_caches = [tuple(rest[start:start + size]) for start, size in zip(starts, sizes)]
+        logits, layer_caches = gpt_step(tokens, position, layer_caches, d, c, seed)
         logits = mtf.to_float(logits)
         chosen = choose(logits, t, d, sampling)
         # Write the choice at t for rows past their prompt that are still going.
         write = mtf.cast(mtf.greater_equal(t, lengths), tf.int32) * (1 - done)
-        ids += mtf.one_hot(t, d.sequence, dtype=tf.int32) * write * (chosen - ids)
+        ids += mtf.one_hot(t, sequence, dtype=tf.int32) * write * (chosen - ids)
         stopped = write * mtf.cast(mtf.equal(chosen, eos_id), tf.int32) if sampling.stop_at_eos else 0 * write
-        done = mtf.maximum(mtf.maximum(done, stopped), _finished(lengths, t + 1, n_ctx, sampling.max_new_tokens))
-        next_slot = (slot + 1) * mtf.cast(mtf.less(slot + 1, d.local_memory.size), tf.int32)
-        out = [t + 1, ids, done, ring_positions, next_slot] + [x for cache in layer_caches for x in cache]
+        done = mtf.maximum(mtf.maximum(done, stopped), _finished(lengths, t + 1, sequence.size, sampling.max_new_tokens))
+        out = [t + 1, ids, done] + [x for cache in layer_caches for x in cache]
         if record_logits:
-            out.append(rest[-1] + mtf.one_hot(position, d.sequence, dtype=tf.float32) * logits)
+            out.append(rest[-1] + mtf.one_hot(position, sequence, dtype=tf.float32) * logits)
         return out
 
     final = mtf.while_loop(cond, body, state)
     return (final[1], final[-1]) if record_logits else final[1]
 
 
-def _finished(lengths, t, n_ctx, max_new_tokens):
-    """1 for rows that must not write position t: past n_ctx or past their max_new_tokens."""
-    limit = mtf.minimum(lengths + max_new_tokens, n_ctx) if max_new_tokens is not None else n_ctx + 0 * lengths
+def _prefilled_caches(ids, prefill, d, c, seed, record_logits):
+    """Every layer's decoding state (a tuple of tensors, see attention.decode_state) holding the first
+    `prefill` positions, computed in one pass; and with `record_logits` their logits, padded to
+    [batch, sequence, vocab] (else None)."""
+    if prefill == 0:
+        caches = [decode_state(kind, ids.mesh, d, c) for kind in c.attention_types]
+        return caches, (mtf.zeros(ids.mesh, mtf.Shape([d.batch, d.sequence, d.vocab])) if record_logits else None)
+    prefix = mtf.slice(ids, 0, prefill, names.SEQUENCE)
+    part = dataclasses.replace(d, sequence=prefix.shape.get_dim_by_name(names.SEQUENCE),
+                               memory_length=mtf.Dimension(names.MEMORY_LENGTH, prefill))
+    logits, layers = gpt_with_cache(prefix, part, c, False, seed, logits=record_logits)
+    caches = [decode_state(kind, ids.mesh, d, c, layer) for kind, layer in zip(c.attention_types, layers)]
+    if record_logits:
+        logits = mtf.pad(mtf.to_float(logits), [0, d.sequence.size - prefill], names.SEQUENCE)
+    return caches, logits
+
+
+def _finished(lengths, t, length, max_new_tokens):
+    """1 for rows that must not write position t: past `length` or past their max_new_tokens."""
+    limit = mtf.minimum(lengths + max_new_tokens, length) if max_new_tokens is not None else length + 0 * lengths
     return mtf.cast(mtf.greater_equal(t, limit), tf.int32)
 
 

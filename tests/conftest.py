@@ -21,6 +21,9 @@ os.environ.setdefault("TF_USE_MODULAR_FILESYSTEM", "1")
 os.environ.setdefault("CLOUD_STORAGE_EMULATOR_ENDPOINT", "http://127.0.0.1:%d" % free_port())
 os.environ.setdefault("STORAGE_EMULATOR_HOST", os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"])
 os.environ.setdefault("GCS_READ_CACHE_BLOCK_SIZE_MB", "0")
+# The test plugin keeps a file's size for 5 s even after this process rewrites it (TF's built-in gs://
+# forgets it on rename), so a `checkpoint` file rewritten shorter would read as "File contents are inconsistent".
+os.environ.setdefault("GCS_STAT_CACHE_MAX_AGE", "0")
 for _name in ("no_proxy", "NO_PROXY"):  # the emulator is never reached through a proxy
     os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1"]))
 
@@ -149,15 +152,31 @@ def run_main(*args):
 
 def scalars(model_path, tag):
     """{step: value} of a TensorBoard scalar written under model_path (not its subdirectories)."""
-    values = {}
-    for path in tf.io.gfile.glob(os.path.join(model_path, "events.out.tfevents.*")):
-        for event in tf.train.summary_iterator(path):
+    return dict(scalar_events(model_path, tag))
+
+
+def scalar_events(model_path, tag):
+    """[(step, value)] of every event of a TensorBoard scalar under model_path, repeats included (a
+    resumed run writes the steps after its checkpoint again). A file whose writer was killed may
+    end in a cut-off record: it is read up to there."""
+    values = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(model_path, "events.out.tfevents.*"))):
+        for event in _readable_events(path):
             for value in event.summary.value:
                 if value.tag == tag:
                     number = value.simple_value if value.HasField("simple_value") else \
                         float(tf.make_ndarray(value.tensor))
-                    values[event.step] = number
+                    values.append((event.step, number))
     return values
+
+
+def _readable_events(path):
+    events = tf.train.summary_iterator(path)
+    while True:
+        try:
+            yield next(events)
+        except (StopIteration, tf.errors.DataLossError):
+            return
 
 
 def checkpoint_logits(config, checkpoint, ids):

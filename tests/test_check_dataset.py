@@ -93,3 +93,33 @@ def test_main_check_dataset_uses_the_configs_data(make_config, sample_records, c
     captured = capsys.readouterr()
     assert "fewer than n_ctx + 1 = 65" in captured.out
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+
+
+def test_documents_need_n_ctx_plus_one_tokens_per_join_of_stitch_not_per_record(make_config, tmp_path, capsys):
+    """generic_text's documents modes join `stitch` documents per example: short records are fine as
+    long as the `stitch` shortest hold n_ctx + 1 tokens. Other modes still need them in every record."""
+    for split in ("train", "val"):
+        os.makedirs(str(tmp_path / "docs" / split))
+        writer = RecordWriter(str(tmp_path / "docs" / split / "tmp"))
+        for length in (20, 7, 5, 6):
+            writer.add(list(range(1, length + 1)))
+        writer.finish(str(tmp_path / "docs" / split / "docs_0_4.tfrecords"))
+    files = str(tmp_path / "docs" / "train" / "*.tfrecords")
+    code, out, _ = run([files, "--n_ctx", "16"], capsys)
+    assert code == 2 and "a record has 5 tokens, fewer than n_ctx + 1 = 17" in out
+    assert run([files, "--n_ctx", "16", "--stitch", "3"], capsys)[0] == 0  # 5 + 6 + 7 = 18 tokens
+    code, out, _ = run([files, "--n_ctx", "16", "--stitch", "2"], capsys)
+    assert code == 2
+    assert ("problem: %s: its 2 shortest documents hold 11 tokens together (5 + 6), fewer than n_ctx + 1 = 17"
+            % files) in out
+    assert "a record has" not in out
+
+    for mode, stitch, code in (("documents_random", 3, 0), ("documents_fixed", 2, 2), ("chunks", None, 2)):
+        config = make_config(mode, n_ctx=16, records_dir=str(tmp_path / "docs"), input_fn="generic_text",
+                             datasets=[["sample", stitch, mode, None]])
+        assert run_main("--model", config, "--check_dataset") == code
+        out = capsys.readouterr().out
+        assert ("2 shortest documents" in out) == (mode == "documents_fixed")
+    sequential = make_config("sequential", n_ctx=16, records_dir=str(tmp_path / "docs"))
+    assert run_main("--model", sequential, "--check_dataset") == 2
+    assert "a record has 5 tokens, fewer than n_ctx + 1 = 17" in capsys.readouterr().out

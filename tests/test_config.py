@@ -370,32 +370,17 @@ def test_dataset_config_wrong_type_names_the_file(tiny, write_dataset):
 
 
 @pytest.mark.parametrize("overrides, named", [
-    ({"rotary_emb": True}, "rotary_emb=true"),
     ({"precision": "bfloat16"}, 'precision="bfloat16"'),
-    ({"attention_types": [[["global", "linear"], 1]]}, "attention type(s) linear"),
-    ({"attention_types": [[["global", "none"], 1]]}, "attention type(s) none"),
-    ({"mlm_training": True}, "mlm_training=true"),
-    ({"moe_layers": [1]}, "moe_layers=[1]"),
-    ({"axial_pos_emb": [4, 8]}, "axial_pos_emb=[4, 8]"),
-    ({"num_mem_kv": 4}, "num_mem_kv=4"),
-    ({"mlp_glu": True}, "mlp_glu=true"),
-    ({"no_weight_tie": True}, "no_weight_tie=true"),
-    ({"entmax_loss": True}, "entmax_loss=true"),
-    ({"activation_fn": "relu"}, 'activation_fn="relu"'),
     ({"tokens_per_mb_per_replica": 2048}, "tokens_per_mb_per_replica=2048"),
-    ({"eval_tasks": ["lambada"]}, 'eval_tasks=["lambada"]'),
-    ({"input_fn": "generic_text"}, 'input_fn="generic_text"'),
-], ids=["rotary_emb", "precision", "attention-linear", "attention-none", "mlm_training", "moe_layers",
-        "axial_pos_emb", "num_mem_kv", "mlp_glu", "no_weight_tie", "entmax_loss", "activation_fn",
-        "microbatching", "eval_tasks", "input_fn"])
+], ids=["precision", "microbatching"])
 def test_not_yet_supported(tiny, overrides, named):
     with raises(NOT_YET + re.escape(named) + "; remove these keys"):
         load_config(tiny(**overrides))
 
 
 def test_not_yet_supported_lists_every_feature(tiny):
-    with raises(NOT_YET + re.escape('rotary_emb=true; precision="bfloat16"; attention type(s) linear;')):
-        load_config(tiny(rotary_emb=True, precision="bfloat16", attention_types=[[["linear", "local"], 1]]))
+    with raises(NOT_YET + re.escape('precision="bfloat16"; tokens_per_mb_per_replica=2048; remove these keys')):
+        load_config(tiny(precision="bfloat16", tokens_per_mb_per_replica=2048))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,14 +555,13 @@ def test_config_is_immutable(tiny):
     (lambda tiny: ["--model", tiny(mesh_shape="x:1,y:8", layout="batch:x,heads:y")],
      "`layout` splits 'heads' (size 4) over mesh dimension 'y' of size 8, which does not divide it; change the "
      "config size or `mesh_shape`"),
-    (lambda tiny: ["--model", tiny(rotary_emb=True)],
-     "not supported by this version yet: rotary_emb=true; remove these keys (or use their defaults) to train "
-     "with global/local attention in float32"),
+    (lambda tiny: ["--model", tiny(precision="bfloat16")],
+     "not supported by this version yet: precision=\"bfloat16\"; remove these keys (or use their defaults)"),
     (lambda tiny: ["--model", tiny(), "--gpu_ids", "/gpu:0", "/gpu:1"],
      "`mesh_shape` x:1 has 1 positions but --gpu_ids lists 2 device(s); give one device per mesh position or "
      "change mesh_shape"),
     (lambda tiny: ["--model", tiny(eval_steps=0), "--eval"],
-     "--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`"),
+     "--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`, or `eval_tasks`"),
 ], ids=["unknown-key", "layout", "not-yet", "gpu_ids", "eval-without-steps"])
 def test_cli_reports_one_error_line(tiny, capsys, argv, message):
     assert main.main(argv(tiny)) == 2

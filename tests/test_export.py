@@ -5,6 +5,8 @@ import os
 import numpy as np
 from conftest import checkpoint_logits, run_main
 
+from convert import huggingface as hf
+from convert.huggingface import BFLOAT16
 from meshtf import tf
 from trainer.config import load_config
 
@@ -52,3 +54,39 @@ def test_exported_logits_and_generation_match_the_checkpoint(make_config, tmp_pa
 def test_export_without_checkpoint_is_an_error(make_config, capsys):
     assert run_main("--model", make_config("nothing"), "--export") == 2
     assert "--export: no checkpoint in" in capsys.readouterr().err
+
+
+def test_bfloat16_masters_with_a_padded_vocab_export(make_config, tmp_path):
+    """A checkpoint as some GPT-Neo configs train them: bf16 masters, wte padded to 50304 rows,
+    no optimizer slots; the config says 50257. The export serves the float32 weights' logits."""
+    path = make_config("padded", predict_batch_size=2, temperature=0, predict_max_steps=4)
+    config = load_config(path)
+    m = config.model
+    rng = np.random.RandomState(1)
+    weights = [(var.name, rng.normal(scale=0.05, size=var.shape).astype(np.float32))
+               for var in hf.variable_table(m.n_embd, m.n_layer, m.n_ctx, n_vocab=50304)]
+    hf.write_checkpoint(config.model_path + "/model.ckpt", [(n, w.astype(BFLOAT16)) for n, w in weights], 9)
+    served = [(n, w.astype(BFLOAT16).astype(np.float32)[:m.n_vocab] if n == "gpt2/wte" else
+               w.astype(BFLOAT16).astype(np.float32)) for n, w in weights]
+    reference = hf.write_checkpoint(str(tmp_path / "reference" / "model.ckpt"), served, 9)
+
+    export_dir = str(tmp_path / "export")
+    assert run_main("--model", path, "--export", "--export_dir", export_dir) == 0
+    ids = np.random.RandomState(0).randint(0, 50257, size=(2, m.n_ctx)).astype(np.int32)
+    [logits_dir] = os.listdir(os.path.join(export_dir, "logits"))
+    out = run_saved_model(os.path.join(export_dir, "logits", logits_dir), {"input_ids": ids})
+    assert np.abs(out["logits"] - checkpoint_logits(config, reference, ids)).max() <= 1e-5
+
+    # --predict reads the same checkpoint (cast, rows cut at restore): greedy tokens equal the export's.
+    prompt_file = tmp_path / "p.jsonl"
+    prompt_file.write_text('{"prompt": "Lists are"}\n{"prompt": "The with statement"}\n')
+    assert run_main("--model", path, "--predict", "--prompt", str(prompt_file), "--output", str(tmp_path / "s")) == 0
+    samples = [json.loads(line) for line in open(str(tmp_path / "s") + ".jsonl")]
+    prompts = np.zeros((2, m.n_ctx), np.int32)
+    lengths = np.array([len(s["prompt_tokens"]) for s in samples], np.int32)
+    for row, sample in enumerate(samples):
+        prompts[row, :lengths[row]] = sample["prompt_tokens"]
+    [generate_dir] = os.listdir(os.path.join(export_dir, "generate"))
+    out = run_saved_model(os.path.join(export_dir, "generate", generate_dir), {"input_ids": prompts, "lengths": lengths})
+    for row, sample in enumerate(samples):
+        assert len(sample["tokens"]) == 4 and out["ids"][row, lengths[row]:lengths[row] + 4].tolist() == sample["tokens"]

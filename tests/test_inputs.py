@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import run_main
 
-from inputs.sequential import (DataError, dataset, input_fn_for, natural_sort_key, record_count,
-                               resume_position, training_files)
+from inputs.pipeline import input_fn_for
+from inputs.sequential import (DataError, dataset, natural_sort_key, record_count, resume_position,
+                               training_files)
 from meshtf import tf
 from trainer.config import DataConfig, DatasetConfig, DatasetEntry, load_config
 

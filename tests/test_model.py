@@ -12,8 +12,8 @@ from tensorflow.python.tpu import topology as topology_lib
 
 from meshtf import mtf, tf
 from models.dims import Dims
-from models.gpt import gpt, token_losses
-from models.layers import local_block_length
+from models.gpt import gpt_losses
+from models.attention import local_block_length
 from trainer.config import load_config
 from trainer.estimator import build_estimator
 from trainer.hardware import Hardware
@@ -28,8 +28,7 @@ def lowered(config, ids, labels, mesh_impl):
     shape = mtf.Shape([d.batch, d.sequence])
     tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), shape)
     targets = mtf.import_fully_replicated(mesh, tf.constant(labels, tf.int32), shape)
-    logits = gpt(tokens, d, config.model, train=False, seed=1)
-    loss, _ = token_losses(logits, targets, d, config.model.z_loss)
+    loss, _, logits = gpt_losses(tokens, targets, d, config.model, train=False, seed=1)
     variables = graph.trainable_variables
     grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
     lowering = mtf.Lowering(graph, {mesh: mesh_impl})
@@ -95,9 +94,9 @@ def v3_8_context():
 
 def test_training_graph_lowers_on_the_tpu_simd_mesh(tmp_path):
     """What a CPU can check of the TPU path: our model_fn builds the whole training step
-    (SIMD lowering, host variable placement, optimizer, saver, summaries) for --tpu."""
+    (SIMD lowering, host variable placement, optimizer, saver, summaries, dropout) for --tpu."""
     config = make("x:2,y:4", "batch:x,heads:y,vocab:y", n_ctx=16, local_attention_radius=4,
-                  train_batch_size=8, model_path=str(tmp_path))
+                  train_batch_size=8, model_path=str(tmp_path), attn_dropout=0.1, res_dropout=0.1)
     model_fn = build_model_fn(config, Hardware("tpu", tpu_name="my-tpu"), steps_per_checkpoint=100)
     with tf.Graph().as_default():
         features = tf.zeros([8, 16], tf.int32)
@@ -106,6 +105,8 @@ def test_training_graph_lowers_on_the_tpu_simd_mesh(tmp_path):
         ops = tf.get_default_graph().get_operations()
         # SIMD lowering: one program for all 8 cores, which reads its core number from the TPU.
         assert any(op.type == "TPUReplicatedInput" for op in ops)
+        # Dropout masks come from stateless generators (trainer/hardware.py).
+        assert any(op.type == "StatelessRandomUniformV2" for op in ops)
         names = {v.name.split(":")[0] for v in tf.global_variables()}
         assert {"gpt2/wte", "gpt2/h1/attn/q/adam_m", "gpt2/h0/mlp/conv1d_main/c_proj/kernel/adam_v"} <= names
         # Master variables go to the TPU hosts' CPUs, not to the cores.
@@ -121,7 +122,7 @@ def test_eval_and_sampling_graphs_lower_on_the_tpu_simd_mesh(tmp_path, mode):
     with tf.Graph().as_default():
         ids = tf.zeros([8, 16], tf.int32)
         if mode == ModeKeys.EVAL:
-            spec = model_fn(ids, ids, mode, {"context": v3_8_context()})
+            spec = model_fn({"ids": ids, "bytes": tf.fill([8], 100)}, ids, mode, {"context": v3_8_context()})
             assert spec.loss.shape.as_list() == [] and spec.eval_metrics is not None
         else:
             spec = model_fn({"ids": ids, "lengths": tf.fill([8], 3)}, None, mode, {"context": v3_8_context()})

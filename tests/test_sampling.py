@@ -20,30 +20,40 @@ def full_logits(config, ids):
         return randomize_and_run(lowering, lowering.export_to_tf_tensor(logits))
 
 
-def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, record_logits=False):
+def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, record_logits=False, min_prompt_length=1):
+    """generate() on ids [batch, decode length <= n_ctx]."""
     with tf.Graph().as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
         d = Dims.build(config.model, ids.shape[0])
-        tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
+        sequence = mtf.Dimension(d.sequence.name, ids.shape[1])
+        tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, sequence]))
         prompt_lengths = mtf.import_fully_replicated(mesh, tf.constant(lengths, tf.int32), mtf.Shape([d.batch]))
-        out = generate(tokens, prompt_lengths, d, config.model, sampling, eos_id, seed=1, record_logits=record_logits)
+        out = generate(tokens, prompt_lengths, d, config.model, sampling, eos_id, seed=1,
+                       min_prompt_length=min_prompt_length, record_logits=record_logits)
         lowering = mtf.Lowering(graph, {mesh: placement(config, devices)})
         fetches = [lowering.export_to_tf_tensor(x) for x in (out if record_logits else [out])]
         return randomize_and_run(lowering, fetches, weights=weights, devices=devices)[1]
 
 
-@pytest.mark.parametrize("n_ctx,radius,kinds", [
-    (24, 8, [["global", "local"], 1]),    # prompt longer than the window: local layers use the ring buffer
-    (16, 32, [["local", "global"], 1]),   # window longer than the context: full cache with a band mask
-    (12, 4, [["local"], 2]),
+@pytest.mark.parametrize("n_ctx,radius,kinds,length,prompt", [
+    (24, 8, [["global", "local"], 1], 24, 1),   # prompt longer than the window: local layers use the ring buffer
+    (24, 8, [["global", "local"], 1], 24, 14),  # 13 prefilled positions, more than the window
+    (24, 8, [["global", "local"], 1], 16, 6),   # decode length < n_ctx; prefill shorter than the window
+    (16, 32, [["local", "global"], 1], 16, 1),  # window longer than the context: full cache with a band mask
+    (16, 32, [["local", "global"], 1], 16, 9),
+    (12, 4, [["local"], 2], 12, 1),
+    (12, 4, [["local"], 2], 8, 8),              # prefill all but the last position into a ring of 4
 ])
-def test_incremental_logits_equal_full_forward_at_every_position(n_ctx, radius, kinds):
+def test_incremental_logits_equal_full_forward_at_every_position(n_ctx, radius, kinds, length, prompt):
+    """Positions before `prompt` - 1 come from the parallel prefill, the rest from single steps;
+    causal attention means the first `length` positions of a full forward are the reference."""
     config = make(n_ctx=n_ctx, local_attention_radius=radius, attention_types=[kinds])
     ids = np.random.RandomState(3).randint(0, 64, size=(2, n_ctx))
     weights, expected = full_logits(config, ids)
-    _, logits = decoded(config, ids, [n_ctx, n_ctx], SamplingConfig(temperature=0), weights, record_logits=True)
-    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+    _, logits = decoded(config, ids[:, :length], [length, length], SamplingConfig(temperature=0), weights,
+                        record_logits=True, min_prompt_length=prompt)
+    np.testing.assert_allclose(logits, expected[:, :length], rtol=0, atol=1e-5)
 
 
 def greedy_reference(config, weights, prompt, steps):
@@ -64,15 +74,18 @@ def greedy_reference(config, weights, prompt, steps):
     return ids
 
 
-def test_greedy_batch_of_different_prompt_lengths_equals_full_recompute():
+@pytest.mark.parametrize("prompts,length", [
+    ([[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7]], 16),
+    ([[5, 9, 2, 8, 8, 1], [7, 3, 3, 3, 3], [1, 2, 3, 4, 5, 6, 7]], 13),  # prefill 4 positions; caches of 13
+])
+def test_greedy_batch_of_different_prompt_lengths_equals_full_recompute(prompts, length):
     config = make(n_ctx=16, local_attention_radius=4, attention_types=[[["global", "local"], 1]], train_batch_size=3)
     weights, _ = full_logits(config, np.zeros((3, 16), np.int64))
-    prompts = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7]]
-    ids = np.zeros((3, 16), np.int64)
+    ids = np.zeros((3, length), np.int64)
     for row, prompt in enumerate(prompts):
         ids[row, :len(prompt)] = prompt
     out = decoded(config, ids, [len(p) for p in prompts], SamplingConfig(temperature=0, max_new_tokens=6),
-                  weights)[0]
+                  weights, min_prompt_length=min(len(p) for p in prompts))[0]
     for row, prompt in enumerate(prompts):
         expected = greedy_reference(config, weights, prompt, 6)
         assert list(out[row, :len(expected)]) == expected

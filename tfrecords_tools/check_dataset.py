@@ -8,8 +8,13 @@ byte offset of the damage), counts records and tokens, checks token ids against 
 original silently embedded ids >= n_vocab as zeros), record lengths against n_ctx + 1, the
 record counts in the file names (the sequential reader trusts them), and the sha256 of every
 file a manifest (`*.manifest.json` beside the files) lists. Prints decoded sample text.
+
+Records are examples of n_ctx + 1 tokens or more, except for generic_text's documents_fixed and
+documents_random modes (`--stitch`), where a record is a document and an example joins `stitch`
+of them: there short records are fine as long as any `stitch` of them hold n_ctx + 1 tokens.
 """
 import argparse
+import bisect
 import hashlib
 import struct
 import sys
@@ -38,6 +43,7 @@ class FileReport:
     bytes: int = 0
     problems: List[str] = field(default_factory=list)
     first_record: list = None
+    shortest_lengths: List[int] = field(default_factory=list)  # with `stitch`: the stitch shortest, ascending
 
 
 def read_records(path, report):
@@ -78,9 +84,13 @@ def read_records(path, report):
     report.bytes = offset
 
 
-def check_file(path, n_vocab=None, n_ctx=None):
+def check_file(path, n_vocab=None, n_ctx=None, stitch=None):
+    """Report on one file; with `stitch` its records are documents (see the module docstring)."""
     report = FileReport(path)
     for tokens in read_records(path, report):
+        if stitch:
+            bisect.insort(report.shortest_lengths, len(tokens))
+            del report.shortest_lengths[stitch:]
         if report.first_record is None:
             report.first_record = tokens
         report.records += 1
@@ -97,7 +107,7 @@ def check_file(path, n_vocab=None, n_ctx=None):
         report.problems.append("token id %d >= n_vocab %d" % (report.max_id, n_vocab))
     if report.min_id is not None and report.min_id < 0:
         report.problems.append("negative token id %d" % report.min_id)
-    if n_ctx is not None and report.shortest is not None and report.shortest < n_ctx + 1:
+    if n_ctx is not None and not stitch and report.shortest is not None and report.shortest < n_ctx + 1:
         report.problems.append("a record has %d tokens, fewer than n_ctx + 1 = %d" % (report.shortest, n_ctx + 1))
     named = count_in_name(path)
     damaged = any("truncated" in p or "corrupt" in p for p in report.problems)
@@ -125,21 +135,29 @@ def check_manifests(files):
     return problems
 
 
-def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, out=print):
-    """Check every file matched by `paths`; print a report; return the number of problems."""
+def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, out=print, stitch=None):
+    """Check every file matched by `paths`; print a report; return the number of problems.
+
+    With `stitch`, records are documents that generic_text joins `stitch` at a time (each pattern
+    is a dataset of its own): the `stitch` shortest of a pattern's files must hold n_ctx + 1 tokens.
+    """
     files = []
+    by_pattern = {}
     for pattern in paths:
         matched = tf.io.gfile.glob(pattern)
         if not matched:
             raise InputError("%s matches no files" % pattern)
         files += matched
+        by_pattern[pattern] = matched
     files = sorted(dict.fromkeys(files), key=natural_sort_key)
     expected = _manifest_entries(files)
     problems = check_manifests(files)
     total_records = total_tokens = 0
     first = None
+    shortest = {}
     for path in files:
-        report = check_file(path, n_vocab, n_ctx)
+        report = check_file(path, n_vocab, n_ctx, stitch)
+        shortest[path] = report.shortest_lengths
         entry = expected.get(path)
         if entry and (entry["sha256"] != report.sha256 or entry["bytes"] != report.bytes):
             report.problems.append("sha256/size differ from the manifest (the file changed after it was written)")
@@ -150,6 +168,15 @@ def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, out=print):
             path, report.records, report.tokens, report.min_id, report.max_id, report.shortest, report.longest,
             "" if entry is None else ", sha256 ok" if not report.problems else ""))
         problems += ["%s: %s" % (path, p) for p in report.problems]
+    if stitch and n_ctx is not None:
+        for pattern, matched in by_pattern.items():
+            lengths = sorted(n for path in matched for n in shortest[path])[:stitch]
+            if sum(lengths) < n_ctx + 1:
+                problems.append(
+                    "%s: its %d shortest documents hold %d tokens together (%s), fewer than n_ctx + 1 = %d: joined "
+                    "in one example (stitch %d) they would stop training; raise stitch or leave out short "
+                    "documents (create_tfrecords --minimum_size)" % (
+                        pattern, len(lengths), sum(lengths), " + ".join(map(str, lengths)), n_ctx + 1, stitch))
     out("total: %d files, %d records, %d tokens" % (len(files), total_records, total_tokens))
     if tokenizer is not None and first:
         text = tokenizer.decode(first)
@@ -175,11 +202,16 @@ def main(argv=None):
     p.add_argument("paths", nargs="+", help="TFRecord files or globs, local or gs://")
     p.add_argument("--n_vocab", type=int, default=None, help="the model's n_vocab: ids must be below it")
     p.add_argument("--n_ctx", type=int, default=None, help="the model's n_ctx: records need n_ctx + 1 tokens")
+    p.add_argument("--stitch", type=int, default=None,
+                   help="records are documents that generic_text's documents_* modes join this many at a time: "
+                        "any `stitch` of them need n_ctx + 1 tokens, not each one")
     p.add_argument("--tokenizer", default=None, help="tokenizer to decode a sample with (path or \"gpt2\")")
     args = p.parse_args(argv)
+    if args.stitch is not None and args.stitch < 1:
+        p.error("--stitch must be at least 1")
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        problems = check(args.paths, args.n_vocab, args.n_ctx, tokenizer)
+        problems = check(args.paths, args.n_vocab, args.n_ctx, tokenizer, stitch=args.stitch)
     except (TokenizerError, InputError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

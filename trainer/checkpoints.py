@@ -1,65 +1,155 @@
-"""Checkpoint saving in the original's format: all master variables, sharded, every N steps.
+"""Checkpoint saving in the original's format: all master variables, sharded, every N steps; and
+restoring only checkpoints that are complete and fit the model.
 
 Only master variables (full, unsplit shapes, the original's names) and `global_step` are saved;
 per-device slices are copied to the masters just before each save.
 """
+import logging
+import os
+
+import numpy as np
+from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.ops import io_ops
 
 from meshtf import mtf, tf
+from trainer.config import ConfigError
+from trainer.guards import RefuseNonFinite
 
-MAX_TO_KEEP = 10
-KEEP_EVERY_N_HOURS = 2
+log = logging.getLogger("gptneo")
 
 
-def saver_hook(config, lowering, save_steps):
-    saver = tf.train.Saver(tf.global_variables(), sharded=True, max_to_keep=MAX_TO_KEEP,
-                           keep_checkpoint_every_n_hours=KEEP_EVERY_N_HOURS, defer_build=False,
-                           save_relative_paths=True)
+class CheckpointError(ConfigError):
+    """A checkpoint in `model_path` cannot be restored into this model; worded for the user."""
+
+
+def saver_hook(config, lowering, save_steps, listeners=()):
+    """The CheckpointSaverHook; `listeners` run before and after each save, after ours."""
+    t = config.train
+    saver = tf.train.Saver(tf.global_variables(), sharded=True, max_to_keep=t.keep_checkpoint_max,
+                           # 10000 hours is the Saver's own "never".
+                           keep_checkpoint_every_n_hours=t.keep_checkpoint_every_n_hours or 10000.0,
+                           defer_build=False, save_relative_paths=True)
     # The estimator's scaffold restores with the saver it finds in this collection.
     tf.add_to_collection(tf.GraphKeys.SAVERS, saver)
     return tf.train.CheckpointSaverHook(config.model_path, save_steps=save_steps, saver=saver,
-                                        listeners=[mtf.MtfCheckpointSaverListener(lowering)])
+                                        listeners=[mtf.MtfCheckpointSaverListener(lowering),
+                                                   RefuseNonFinite(config.model_path), *listeners])
+
+
+def incomplete(prefix):
+    """Why the checkpoint `prefix` cannot be restored whole, or None when it can.
+
+    A sharded save writes every shard, then merges their indexes into `<prefix>.index` and renames
+    the data files to `<prefix>.data-<i>-of-<n>`. A kill, a full disk or a copy cut short leaves
+    an unreadable index, missing shards, or shards shorter than the index says: the data files
+    hold the tensors' bytes back to back, so their sizes add up to the tensors' sizes.
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError) as e:
+        return "its index %s.index is missing or unreadable (%s)" % (prefix, str(e).strip().splitlines()[0])
+    shards = tf.io.gfile.glob(prefix + ".data-*-of-*")
+    counts = {int(name.rsplit("-of-", 1)[1]) for name in shards}
+    if len(counts) != 1 or len(shards) != counts.pop():
+        return "its data files are incomplete (found %s)" % (
+            ", ".join(os.path.basename(s) for s in sorted(shards)) or "none")
+    expected = sum(int(np.prod(shape)) * dtypes[name].size for name, shape in shapes.items())
+    found = sum(tf.io.gfile.stat(s).length for s in shards)
+    if found != expected:
+        return "its data files hold %d bytes where its index needs %d" % (found, expected)
+    return None
+
+
+def latest_checkpoint(model_path):
+    """The prefix of the newest complete checkpoint that the `checkpoint` file lists, or None.
+
+    Newer listed checkpoints that are incomplete are skipped with a warning each, and the
+    `checkpoint` file is rewritten to end at the complete one: TensorFlow's own restore (the
+    estimator's session) reads that file, so it restores the same checkpoint this returns, and the
+    saver's rotation goes on from there. Raises CheckpointError when checkpoints are listed but none
+    is complete, rather than training from scratch over them.
+    """
+    state = tf.train.get_checkpoint_state(model_path)
+    if state is None:
+        return None
+    # The saver lists them oldest first; paths may be relative to model_path (and, on gs://, mangled
+    # by TensorFlow's relative-path handling), so only their base names are trusted.
+    names = [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+    newest = os.path.basename(state.model_checkpoint_path)
+    names = [n for n in names if n != newest] + [newest]
+    skipped = []
+    for i in reversed(range(len(names))):
+        prefix = model_path.rstrip("/") + "/" + names[i]
+        reason = incomplete(prefix)
+        if reason is None:
+            break
+        skipped.append("%s: %s" % (names[i], reason))
+    else:
+        raise CheckpointError("no complete checkpoint in %s (%s); restore the files, or delete them and the "
+                              "`checkpoint` file to start over" % (model_path, "; ".join(skipped)))
+    for reason in skipped:
+        log.warning("skipping incomplete checkpoint %s; using %s instead", reason, names[i])
+    if skipped:
+        kept = [model_path.rstrip("/") + "/" + n for n in names[:i + 1]]
+        checkpoint_management.update_checkpoint_state_internal(
+            model_path, kept[-1], all_model_checkpoint_paths=kept, save_relative_paths=True)
+    return prefix
 
 
 def latest_step(model_path):
-    """Global step of the newest checkpoint in `model_path`, 0 when there is none."""
-    path = tf.train.latest_checkpoint(model_path)
+    """Global step of the newest complete checkpoint in `model_path`, 0 when there is none."""
+    path = latest_checkpoint(model_path)
     return int(tf.train.load_variable(path, "global_step")) if path else 0
 
 
 def restore_scaffold_fn(model_path, log, then=None):
-    """A scaffold restoring the newest checkpoint however it differs from the graph, or None.
+    """A scaffold restoring the newest complete checkpoint however it differs from the graph, or None.
 
+    - A checkpoint of another model (a weight of another shape, or missing) is a CheckpointError
+      naming the variables.
     - Variables the checkpoint lacks (optimizer slots of a checkpoint imported from HuggingFace or
       trained with another optimizer) start from their initial values (zeros for Adam).
     - Variables stored in another dtype (bfloat16 masters, e.g. a bf16-trained release, into a
       float32 model) are read as stored and cast.
+    - A token table stored with more rows than n_vocab (a vocab padded to e.g. 50304) is read up
+      to n_vocab rows, as are its optimizer slots.
     `then` (a function returning an op, e.g. filling per-device slices from the masters, which a
     SavedModel needs at load time) joins the local init op when nothing needs recasting or
     initializing: its ops exist already and would not wait for those. (Outside SavedModels the
     estimator's MtfRestoreHook fills the slices after the local init.)
     """
-    checkpoint = tf.train.latest_checkpoint(model_path)
+    checkpoint = latest_checkpoint(model_path)
     if checkpoint is None:
         return None
-    stored = tf.train.load_checkpoint(checkpoint).get_variable_to_dtype_map()
+    reader = tf.train.load_checkpoint(checkpoint)
+    stored, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
+    _check_fits(checkpoint, shapes)
     variables = tf.global_variables()
     missing = [v for v in variables if v.op.name not in stored]
-    recast = [v for v in variables if v.op.name in stored and stored[v.op.name] != v.dtype.base_dtype]
+    recast = [v for v in variables if v.op.name in stored and
+              (stored[v.op.name] != v.dtype.base_dtype or _padded_vocab(v, shapes[v.op.name]))]
     if not missing and not recast and then is None:
         return None
     restored = [v for v in variables if v not in missing and v not in recast]
     if missing:
         log("%s lacks %d of the model's %d variables; starting %s from their initial values" % (
-            checkpoint, len(missing), len(variables), _some(missing)))
-    if recast:
+            checkpoint, len(missing), len(variables), _some([v.op.name for v in missing])))
+    recast_dtype = [v for v in recast if stored[v.op.name] != v.dtype.base_dtype]
+    if recast_dtype:
         log("%s stores %d variables in another dtype (e.g. %s as %s); casting them" % (
-            checkpoint, len(recast), recast[0].op.name, stored[recast[0].op.name].name))
+            checkpoint, len(recast_dtype), recast_dtype[0].op.name, stored[recast_dtype[0].op.name].name))
+    padded = [v for v in recast if _padded_vocab(v, shapes[v.op.name])]
+    if padded:
+        log("%s stores %d rows of %s (a padded vocab); reading the first %d (n_vocab)" % (
+            checkpoint, shapes[padded[0].op.name][0], padded[0].op.name, padded[0].shape.as_list()[0]))
 
     def scaffold_fn():
         ops = [tf.variables_initializer(missing)] if missing else []
         for v in recast:
             [value] = io_ops.restore_v2(checkpoint, [v.op.name], [""], [stored[v.op.name]])
+            if _padded_vocab(v, shapes[v.op.name]):
+                value = value[:v.shape.as_list()[0]]
             ops.append(v.assign(tf.cast(value, v.dtype.base_dtype)))
         init = tf.group(ops + [tf.train.Scaffold.default_local_init_op()])
         if then is not None and not ops:
@@ -72,6 +162,30 @@ def restore_scaffold_fn(model_path, log, then=None):
     return scaffold_fn
 
 
-def _some(variables):
-    names = ", ".join(v.op.name for v in variables[:3])
-    return names + (" and %d more" % (len(variables) - 3) if len(variables) > 3 else "")
+def _check_fits(checkpoint, shapes):
+    """CheckpointError unless every variable the checkpoint stores has the graph's shape, and every
+    trainable variable (the model's weights; slots may be missing) is stored."""
+    variables = tf.global_variables()  # the masters (mtf's per-device slices are not global)
+    wrong = ["%s is %s there and %s here" % (v.op.name, shapes[v.op.name], v.shape.as_list())
+             for v in variables if v.op.name in shapes and shapes[v.op.name] != v.shape.as_list()
+             and not _padded_vocab(v, shapes[v.op.name])]
+    absent = [v.op.name for v in variables if v.trainable and v.op.name not in shapes]
+    problems = []
+    if wrong:
+        problems.append("%d variable(s) differ in shape: %s" % (len(wrong), _some(wrong)))
+    if absent:
+        problems.append("it lacks %d of the model's weights: %s" % (len(absent), _some(absent)))
+    if problems:
+        raise CheckpointError("%s was written by a different model config (%s); use a `model_path` of its own "
+                              "for this config" % (checkpoint, "; ".join(problems)))
+
+
+def _padded_vocab(variable, stored_shape):
+    """Whether `variable` is the token table (or one of its slots) stored with extra rows."""
+    ours = variable.shape.as_list()
+    return ((variable.op.name == "gpt2/wte" or variable.op.name.startswith("gpt2/wte/")) and
+            len(stored_shape) == len(ours) > 0 and stored_shape[0] > ours[0] and stored_shape[1:] == ours[1:])
+
+
+def _some(names):
+    return ", ".join(names[:3]) + (" and %d more" % (len(names) - 3) if len(names) > 3 else "")

@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from meshtf import tf
-from models import dims
+from models import dims, moe
+from inputs import lambada
+from models.activations import ACTIVATIONS
+from models.moe import MoeParams
 from models.sampling import SamplingConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 ATTENTION_KINDS = ("global", "local", "linear", "none")
-SUPPORTED_ATTENTION_KINDS = ("global", "local")
+INPUT_FNS = ("sequential_input", "generic_text")
+SAMPLING_MODES = ("chunks", "documents_fixed", "documents_random")
+EVAL_TASKS = ("lambada",)
 
 
 class ConfigError(ValueError):
@@ -52,9 +57,9 @@ class ModelConfig:
     recompute_grad: bool = False
     # Experimental features of the original: accepted with their defaults; other values are
     # rejected in `_check_supported` until they are implemented.
-    mlm_training: bool = False
+    mlm_training: bool = False  # masked-LM objective (inputs/mlm.py); attention sees both ways
     moe_layers: Optional[Tuple[int, ...]] = None
-    moe_params: Optional[dict] = None
+    moe_params: MoeParams = MoeParams()  # parsed from the key's JSON object (mesh-tf's hyper-parameters)
     moe_activation: str = "relu"
     axial_pos_emb: Optional[Tuple[int, ...]] = None
     rotary_emb: bool = False
@@ -98,10 +103,23 @@ class TrainConfig:
     tokens_per_mb_per_replica: Optional[int] = None
     log_grads: bool = False
     eval_tasks: Tuple[str, ...] = ()
+    lambada_path: Optional[str] = None  # new key: the LAMBADA JSONL, local or gs:// (inputs/lambada.py)
+    # New keys: checkpoints kept (the original's fixed saver settings are the defaults).
+    keep_checkpoint_max: int = 10
+    keep_checkpoint_every_n_hours: float = 2.0  # also keep one per this many hours; 0 = none
+    # New keys: skip the update of a step whose loss > factor × the mean of the previous `window` steps
+    # (trainer/spikes.py); 0 = off.
+    skip_loss_spike_factor: float = 0.0
+    skip_loss_spike_window: int = 100
 
     def batch_size(self, mode):
         return {"train": self.train_batch_size, "eval": self.eval_batch_size,
                 "predict": self.predict_batch_size}[mode]
+
+    @property
+    def evaluates(self):
+        """Whether training stops every steps_per_checkpoint steps to evaluate."""
+        return self.eval_steps > 0 or bool(self.eval_tasks)
 
 
 @dataclass(frozen=True)
@@ -287,6 +305,7 @@ def build_config(raw, name, dataset_dirs):
 
     values = dict(raw)
     values["attention_types"] = expand_attention_types(raw["attention_types"])
+    values["moe_params"] = _parse_moe_params(raw.get("moe_params"))
     values["datasets"] = _parse_dataset_entries(raw["datasets"])
     if not values.get("no_dataset") and not values["datasets"]:
         raise ConfigError("`datasets` is empty: list at least one dataset id, e.g. [[\"pile\", null, null, null]]")
@@ -374,6 +393,21 @@ def _parse_dataset_entries(value):
     return tuple(entries)
 
 
+def _parse_moe_params(value):
+    """`moe_params`: a JSON object of mesh-tf MoE hyper-parameters overriding the defaults (null = none)."""
+    if value is None:
+        return MoeParams()
+    if not isinstance(value, dict):
+        raise ConfigError("`moe_params` must be a JSON object of MoE hyper-parameters like "
+                          "{\"moe_num_experts\": 8}, got %s" % json.dumps(value))
+    known = [f.name for f in dataclasses.fields(MoeParams)]
+    for key in value:
+        if key not in known:
+            raise ConfigError("unknown `moe_params` key `%s`%s (known: %s)" % (
+                key, _did_you_mean(key, known, "key"), ", ".join(known)))
+    return _build_group(MoeParams, value, source="moe_params")
+
+
 _SEPARATORS = r"[\s,;.]+"
 
 
@@ -452,7 +486,7 @@ def _build_group(cls, values, source="model config"):
     for f in dataclasses.fields(cls):
         if f.name in values:
             value = values[f.name]
-            if f.name in ("attention_types", "datasets", "dataset_configs"):
+            if f.name in ("attention_types", "datasets", "dataset_configs", "moe_params"):
                 kwargs[f.name] = value  # parsed above
             elif value is None and f.default is not dataclasses.MISSING and f.default is not None:
                 kwargs[f.name] = f.default  # an explicit null means "the default", as in the original
@@ -484,7 +518,7 @@ def _check_keys(raw):
 def validate(config):
     m, t, d = config.model, config.train, config.data
     for key in ("n_ctx", "n_embd", "n_head", "n_layer", "n_vocab", "train_batch_size", "iterations",
-                "local_attention_radius"):
+                "local_attention_radius", "keep_checkpoint_max", "skip_loss_spike_window"):
         group = m if hasattr(m, key) else t
         if getattr(group, key) < 1:
             raise ConfigError("`%s` must be at least 1, got %d" % (key, getattr(group, key)))
@@ -520,42 +554,177 @@ def validate(config):
                           % t.weight_decay)
     if t.gradient_clipping is not None and t.gradient_clipping <= 0:
         raise ConfigError("`gradient_clipping` must be positive (or omitted for no clipping)")
+    if t.keep_checkpoint_every_n_hours < 0:
+        raise ConfigError("`keep_checkpoint_every_n_hours` must not be negative (0 = keep none by age)")
+    if t.skip_loss_spike_factor and (t.skip_loss_spike_factor <= 1 or t.opt_name.lower() != "adam"):
+        raise ConfigError("`skip_loss_spike_factor` must be 0 (off) or above 1, with opt_name \"adam\" (Adafactor "
+                          "cannot skip updates yet), got %g with %s" % (t.skip_loss_spike_factor, t.opt_name))
     for ds in d.dataset_configs:
         if ds.n_vocab > m.n_vocab:
             raise ConfigError("dataset %r was encoded with n_vocab %d but the model's `n_vocab` is %d; "
                               "set n_vocab >= %d" % (ds.id, ds.n_vocab, m.n_vocab, ds.n_vocab))
+    _check_datasets(config.data)
     _check_supported(config)
+    _check_eval_tasks(config)
+    _check_mlm(config)
+    _check_attention_features(config)
+    _check_block(config.model)
     _check_layout(config)
 
 
+def _check_datasets(data):
+    """`input_fn`, and the sampling fields of `datasets` entries, which generic_text reads (the
+    sequential input reads only the ids)."""
+    if data.input_fn not in INPUT_FNS:
+        raise ConfigError("`input_fn` must be one of %s, got %r%s" % (
+            ", ".join(INPUT_FNS), data.input_fn, _did_you_mean(data.input_fn, INPUT_FNS, "input")))
+    if data.input_fn != "generic_text":
+        return
+    for e in data.datasets:
+        if e.sampling_mode not in SAMPLING_MODES:
+            raise ConfigError("`datasets` entry %r: generic_text needs a sampling_mode of %s, got %s%s" % (
+                e.id, ", ".join(SAMPLING_MODES), json.dumps(e.sampling_mode),
+                _did_you_mean(e.sampling_mode or "", SAMPLING_MODES, "mode")))
+        if e.sampling_mode != "chunks" and (e.stitch is None or e.stitch < 1):
+            raise ConfigError("`datasets` entry %r: %s needs stitch >= 1, the number of documents joined per "
+                              "example (stitch x shortest document >= n_ctx + 1), got %s"
+                              % (e.id, e.sampling_mode, json.dumps(e.stitch)))
+        if e.weight is not None and e.weight <= 0:
+            raise ConfigError("`datasets` entry %r: weight must be positive (null = 1), got %g; remove the "
+                              "entry to leave the dataset out" % (e.id, e.weight))
+
+
 def _check_supported(config):
-    m, t, d = config.model, config.train, config.data
+    m, t = config.model, config.train
     not_yet = []
-    for key, default in (("mlm_training", False), ("moe_layers", None), ("axial_pos_emb", None),
-                         ("rotary_emb", False), ("num_mem_kv", 0), ("mlp_glu", False),
-                         ("scalenorm", False), ("rezero", False), ("macaron", False),
-                         ("share_parameters", False), ("no_weight_tie", False),
-                         ("entmax_loss", False), ("precision", "float32"),
-                         ("activation_fn", "gelu")):
-        if getattr(m, key) != default:
-            not_yet.append("%s=%s" % (key, json.dumps(getattr(m, key))))
+    if m.precision != "float32":
+        not_yet.append("precision=%s" % json.dumps(m.precision))
     if t.tokens_per_mb_per_replica is not None:
         not_yet.append("tokens_per_mb_per_replica=%d" % t.tokens_per_mb_per_replica)
-    if t.eval_tasks:
-        not_yet.append("eval_tasks=%s" % json.dumps(list(t.eval_tasks)))
-    if d.input_fn != "sequential_input":
-        not_yet.append("input_fn=%s" % json.dumps(d.input_fn))
-    kinds = sorted(set(m.attention_types) - set(SUPPORTED_ATTENTION_KINDS))
-    if kinds:
-        not_yet.append("attention type(s) %s" % ", ".join(kinds))
     if not_yet:
         raise ConfigError("not supported by this version yet: %s; remove these keys (or use their "
-                          "defaults) to train with global/local attention in float32"
-                          % "; ".join(not_yet))
+                          "defaults)" % "; ".join(not_yet))
     if m.activation_function not in (None, "gelu"):
         raise ConfigError("`activation_function` is %r, but GPT-Neo never read this key (its models "
                           "all use GELU); remove it, and set `activation_fn` to choose an activation"
                           % m.activation_function)
+
+
+def _check_eval_tasks(config):
+    t = config.train
+    for task in t.eval_tasks:
+        if task not in EVAL_TASKS:
+            raise ConfigError("unknown task %r in `eval_tasks` (known: %s)%s" % (
+                task, ", ".join(EVAL_TASKS), _did_you_mean(task, EVAL_TASKS, "task")))
+    if "lambada" not in t.eval_tasks:
+        return
+    if not t.lambada_path:
+        raise ConfigError("`eval_tasks` lists lambada but `lambada_path` is not set: download %s and set "
+                          "lambada_path to the file (local or gs://)" % lambada.URL)
+    if not t.eval_batch_size:
+        raise ConfigError("`eval_tasks` lists lambada but `eval_batch_size` is not set")
+    if config.model.mlm_training:
+        raise ConfigError("LAMBADA scores next-word predictions, which a masked-LM model (`mlm_training`) does "
+                          "not make; remove lambada from `eval_tasks`")
+
+
+def _check_mlm(config):
+    """The masked-LM keys, read when `mlm_training` is set (see inputs/mlm.py)."""
+    m, d = config.model, config.data
+    if not m.mlm_training:
+        return
+    if d.mlm_mask_id is None:
+        raise ConfigError("`mlm_training` needs `mlm_mask_id`, the id put in place of masked tokens (e.g. one "
+                          "the tokenizer does not use, below n_vocab)")
+    for key in ("mlm_mask_id", "mlm_cls_token_id"):
+        value = getattr(d, key)
+        if value is not None and not 0 <= value < m.n_vocab:
+            raise ConfigError("`%s` is %d, but ids must be in [0, n_vocab = %d)" % (key, value, m.n_vocab))
+    if not 0 < d.mlm_mask_prob <= 1:
+        raise ConfigError("`mlm_mask_prob` is the share of positions masked and must be in (0, 1], got %g"
+                          % d.mlm_mask_prob)
+    same, random = d.mlm_same_token_prob, d.mlm_random_token_prob
+    if min(same, random) < 0 or same + random > 1:
+        raise ConfigError("`mlm_same_token_prob` (%g) and `mlm_random_token_prob` (%g) are shares of the masked "
+                          "positions: each at least 0 and together at most 1 (the rest get mlm_mask_id)"
+                          % (same, random))
+    if config.train.predict_steps > 0:
+        raise ConfigError("`predict_steps` samples text during training, which a masked-LM model (`mlm_training`) "
+                          "does not generate; set it to 0")
+
+
+def _check_attention_features(config):
+    """`axial_pos_emb`, `rotary_emb`, `num_mem_kv` (the original accepted bad values and failed
+    inside the graph, or silently ignored them), and the layout of linear attention's decoding state,
+    which the training graph preflight checks does not have."""
+    m = config.model
+    if "linear" in m.attention_types:
+        state = (dims.BATCH, dims.HEADS, dims.FEATURES_PER_HEAD_IN, dims.FEATURES_PER_HEAD)
+        mesh_dims = [config.mesh.mesh_dim_of(name) for name in state if config.mesh.mesh_dim_of(name)]
+        if len(set(mesh_dims)) < len(mesh_dims):
+            raise ConfigError("`layout` puts two of %s on one mesh dimension, but linear attention decodes with "
+                              "a state that has all four; map them to different mesh dimensions" % ", ".join(state))
+    if m.axial_pos_emb is not None:
+        if m.rotary_emb:
+            raise ConfigError("`axial_pos_emb` and `rotary_emb` are both set, but a model has one kind of "
+                              "position embedding (the original silently used rotary); remove one")
+        if len(m.axial_pos_emb) != 2 or min(m.axial_pos_emb) < 1:
+            raise ConfigError("`axial_pos_emb` must be two positive sizes [rows, columns] of the position "
+                              "grid, got %s" % json.dumps(list(m.axial_pos_emb)))
+        rows, columns = m.axial_pos_emb
+        if rows * columns < m.n_ctx:
+            raise ConfigError("`axial_pos_emb` %s has %d positions but `n_ctx` is %d; rows x columns must be "
+                              "at least n_ctx" % (json.dumps(list(m.axial_pos_emb)), rows * columns, m.n_ctx))
+    if m.rotary_emb:
+        if m.head_size % 2:
+            raise ConfigError("`rotary_emb` turns pairs of a head's features, but the head size n_embd / n_head "
+                              "= %d is odd; choose n_embd and n_head with an even head size" % m.head_size)
+        if config.mesh.mesh_dim_of(dims.FEATURES_PER_HEAD):
+            raise ConfigError("`rotary_emb` splits each head's features into halves, so `layout` cannot split "
+                              "`features_per_head`; remove it from the layout")
+    if m.num_mem_kv < 0:
+        raise ConfigError("`num_mem_kv` must not be negative, got %d" % m.num_mem_kv)
+    if m.num_mem_kv and "global" not in m.attention_types:
+        raise ConfigError("`num_mem_kv` adds memory key/values to global attention layers, but "
+                          "`attention_types` has none; remove num_mem_kv or add a global layer")
+
+
+def _check_block(m):
+    """Activations, norms and mixture-of-experts keys (the original failed inside the graph on bad
+    values, or silently ignored them)."""
+    for key in ("activation_fn", "moe_activation"):
+        if getattr(m, key) not in ACTIVATIONS:
+            raise ConfigError("`%s` %r is not an activation%s; known: %s" % (
+                key, getattr(m, key), _did_you_mean(getattr(m, key), ACTIVATIONS, "activation"),
+                ", ".join(ACTIVATIONS)))
+    if m.rezero and m.scalenorm:
+        raise ConfigError("`rezero` and `scalenorm` are both set, but ReZero removes the norms that scalenorm "
+                          "replaces (the original silently ignored scalenorm); remove one")
+    layers = [i for i in m.moe_layers or () if not 0 <= i < m.n_layer]
+    if layers:
+        raise ConfigError("`moe_layers` lists layer(s) %s, but the layers are numbered 0 to %d (n_layer - 1)"
+                          % (", ".join(map(str, layers)), m.n_layer - 1))
+    p = m.moe_params
+    for key in ("moe_num_experts", "moe_hidden_size", "moe_group_size", "moe_min_expert_capacity"):
+        if getattr(p, key) < 1:
+            raise ConfigError("`moe_params` %s must be at least 1, got %d" % (key, getattr(p, key)))
+    for key in ("moe_capacity_factor_train", "moe_capacity_factor_eval"):
+        if getattr(p, key) <= 0:
+            raise ConfigError("`moe_params` %s must be positive (an expert takes group size x factor / "
+                              "experts tokens of a group), got %g" % (key, getattr(p, key)))
+    if p.moe_loss_coef < 0 or min(p.moe_second_threshold_train, p.moe_second_threshold_eval) < 0:
+        raise ConfigError("`moe_params` moe_loss_coef and moe_second_threshold_* must not be negative")
+    if not 0 <= p.moe_dropout_rate < 1:
+        raise ConfigError("`moe_params` moe_dropout_rate is a dropout rate and must be in [0, 1), got %g"
+                          % p.moe_dropout_rate)
+    for key in ("moe_second_policy_train", "moe_second_policy_eval"):
+        if getattr(p, key) not in moe.SECOND_POLICIES:
+            raise ConfigError("`moe_params` %s must be one of %s, got %r" % (
+                key, ", ".join(moe.SECOND_POLICIES), getattr(p, key)))
+    if p.moe_gating != "top_2":
+        raise ConfigError("`moe_params` moe_gating must be \"top_2\" (GPT-Neo's gating), got %r" % p.moe_gating)
+    if p.moe_use_experts_attention:
+        raise ConfigError("`moe_params` moe_use_experts_attention is not part of GPT-Neo's block; set it to false")
 
 
 def tensor_dim_sizes(config):
@@ -565,7 +734,15 @@ def tensor_dim_sizes(config):
              dims.EMBD: [m.n_embd], dims.HEADS: [m.n_head, m.n_embd],
              dims.FEATURES_PER_HEAD: [m.head_size], dims.VOCAB: [m.n_vocab],
              dims.INTERMEDIATE_EXPANDED: [4 * m.n_embd],
-             dims.BATCH: [b for b in (config.train.train_batch_size, config.train.eval_batch_size) if b]}
+             dims.BATCH: [b for b in (config.train.train_batch_size, config.train.eval_batch_size) if b],
+             dims.FEATURES_PER_HEAD_IN: [m.head_size], dims.HALF_FEATURES_PER_HEAD: [m.head_size // 2]}
+    if m.num_mem_kv:
+        sizes[dims.MEM_KV_SEQUENCE] = [m.num_mem_kv]
+    if m.axial_pos_emb:
+        sizes[dims.AXIAL_DIM_0], sizes[dims.AXIAL_DIM_1] = [[size] for size in m.axial_pos_emb]
+    if m.moe_layers:
+        sizes[dims.EXPERTS] = sizes[dims.EXPERT_UNSPLIT] = [m.moe_params.moe_num_experts]
+        sizes[dims.EXPERT_HIDDEN] = [m.moe_params.moe_hidden_size]
     return sizes
 
 

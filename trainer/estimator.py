@@ -1,17 +1,18 @@
-"""TPUEstimator construction and the train / evaluate loops."""
-import json
-
+"""TPUEstimator construction and the training loop."""
 from tensorflow_estimator.python.estimator.tpu import tpu_config as tpu_config_lib
 from tensorflow_estimator.python.estimator.tpu import tpu_estimator
 
-from inputs.sequential import input_fn_for
-from meshtf import tf
+from inputs.pipeline import input_fn_for
 from trainer.checkpoints import latest_step
+from trainer.guards import NonFiniteLossHook, SignalStop
 from trainer.model_fn import build_model_fn
 
 
-def build_estimator(config, hardware, steps_per_checkpoint, cluster=None):
-    """The TPUEstimator; `cluster` defaults to the TPU's resolver (None off TPU)."""
+def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_prompt_length=1):
+    """The TPUEstimator; `cluster` defaults to the TPU's resolver (None off TPU).
+
+    Generation prefills the first `min_prompt_length` - 1 positions, which every prompt must fill.
+    """
     t = config.train
     tpu_config = tpu_config_lib.TPUConfig(
         iterations_per_loop=t.iterations,
@@ -38,14 +39,21 @@ def build_estimator(config, hardware, steps_per_checkpoint, cluster=None):
         eval_batch_size=t.eval_batch_size or t.train_batch_size,
         predict_batch_size=t.predict_batch_size,
         eval_on_tpu=hardware.use_tpu,
-        params={})
+        params={"min_prompt_length": min_prompt_length})
 
 
-def train(estimator, config, steps_per_checkpoint, log=print):
-    """Train to `train_steps` (an absolute step), evaluating every `steps_per_checkpoint` if asked.
+def train(estimator, config, steps_per_checkpoint, evaluator=None, log=print, sample=None):
+    """Train to `train_steps` (an absolute step), evaluating with `evaluator` (trainer/evaluation.py)
+    every `steps_per_checkpoint` if the config asks for evaluation.
 
-    Resumes from the newest checkpoint; the input skips the records already seen.
-    Returns the list of evaluation results.
+    `sample(step)`, if given (sampling during training, `predict_steps`), also runs every
+    `steps_per_checkpoint` steps, before evaluating. Like evaluation it builds its own graph from the
+    checkpoint, and the next chunk's input starts afresh at its step: training goes on as without it.
+
+    Resumes from the newest complete checkpoint; the input skips the records already seen.
+    SIGTERM or SIGINT stops training at the next step boundary with a checkpoint there (see
+    trainer/guards.py); no evaluation starts after it (one under way finishes). A non-finite loss raises
+    NonFiniteError. Returns the list of evaluation results.
     """
     t = config.train
     step = latest_step(config.model_path)
@@ -53,24 +61,19 @@ def train(estimator, config, steps_per_checkpoint, log=print):
     if step >= t.train_steps:
         log("checkpoint in %s is at step %d >= train_steps %d: nothing to train"
             % (config.model_path, step, t.train_steps))
-    while step < t.train_steps:
-        target = min(step + steps_per_checkpoint, t.train_steps) if t.eval_steps > 0 else t.train_steps
-        estimator.train(input_fn_for(config, "train", step), max_steps=target)
-        step = target
-        if t.eval_steps > 0:
-            results.append(evaluate(estimator, config, log))
+    with SignalStop() as stop:
+        hooks = [NonFiniteLossHook(config.model_path), stop.hook]
+        while step < t.train_steps and not stop.received:
+            chunked = t.evaluates or sample is not None
+            target = min(step + steps_per_checkpoint, t.train_steps) if chunked else t.train_steps
+            estimator.train(input_fn_for(config, "train", step), hooks=hooks, max_steps=target)
+            step = latest_step(config.model_path)
+            if sample is not None and not stop.received:
+                sample(step)
+            if t.evaluates and not stop.received:
+                results += evaluator.run(estimator, log)
+    if stop.received and step < t.train_steps:
+        log("%s: stopped with a checkpoint at step %d in %s; run the same command to resume"
+            % (stop.received, step, config.model_path))
     return results
 
-
-def evaluate(estimator, config, log=print):
-    """Run `eval_steps` batches of the eval set; log and append the result to eval_results.jsonl."""
-    result = estimator.evaluate(input_fn_for(config, "eval"), steps=config.train.eval_steps)
-    result = {k: v.item() if hasattr(v, "item") else v for k, v in result.items()}
-    log("eval at step %d: loss %.4f | cross-entropy %.4f | perplexity %.3f" % (
-        result["global_step"], result["loss"], result["cross_entropy"], result["perplexity"]))
-    path = config.model_path.rstrip("/") + "/eval_results.jsonl"
-    existing = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
-    # GCS objects cannot be appended to: rewrite the whole (small) file.
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(existing + json.dumps(dict(result, task="validation")) + "\n")
-    return result

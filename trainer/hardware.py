@@ -4,7 +4,7 @@ Chosen once from the flags and the config's `mesh_shape`, before any graph is bu
 mesh that cannot fit the machine is reported as a one-line error.
 """
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from absl import flags
 
@@ -21,6 +21,8 @@ class Hardware:
     kind: str                     # "tpu", "gpu" or "cpu"
     devices: Tuple[str, ...] = ()  # one device string per mesh position (placement mesh)
     tpu_name: Optional[str] = None
+    # --peak_tflops: TFLOP/s per device (for the machine on CPU) or a device name; see trainer.flops.mesh_peak.
+    peak_tflops: Optional[Union[float, str]] = None
 
     @property
     def use_tpu(self):
@@ -44,11 +46,11 @@ class Hardware:
                               "name in this project and zone" % (self.tpu_name, e)) from None
 
 
-def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None):
+def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None, peak_tflops=None):
     """TPU if `--tpu` is given; else `--gpu_ids` (or all visible GPUs); else virtual CPUs."""
     size = mesh_config.size
     if tpu:
-        return Hardware("tpu", tpu_name=tpu)
+        return Hardware("tpu", tpu_name=tpu, peak_tflops=peak_tflops)
     if visible_gpus is None:
         visible_gpus = len(tf.config.list_physical_devices("GPU"))
     if gpu_ids:
@@ -59,21 +61,72 @@ def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None):
         if visible_gpus < len(gpu_ids):
             raise ConfigError("--gpu_ids names %d GPU(s) but TensorFlow sees %d; check CUDA_VISIBLE_DEVICES "
                               "and that tensorflow[and-cuda] is installed" % (len(gpu_ids), visible_gpus))
-        return Hardware("gpu", tuple(gpu_ids))
+        return Hardware("gpu", tuple(gpu_ids), peak_tflops=peak_tflops)
     if visible_gpus:
         if visible_gpus < size:
             raise ConfigError("`mesh_shape` %s needs %d devices but only %d GPU(s) are visible; shrink "
                               "mesh_shape or pass --gpu_ids" % (mesh_config.shape_string, size, visible_gpus))
-        return Hardware("gpu", tuple("/device:GPU:%d" % i for i in range(size)))
-    return Hardware("cpu", tuple("/cpu:%d" % i for i in range(size)))
+        return Hardware("gpu", tuple("/device:GPU:%d" % i for i in range(size)), peak_tflops=peak_tflops)
+    return Hardware("cpu", tuple("/cpu:%d" % i for i in range(size)), peak_tflops=peak_tflops)
 
 
-def mesh_implementation(hardware, mesh_config, params):
-    """(mesh impl, variable placer) for the model_fn; `params` is what TPUEstimator passes in."""
+class _StatelessRandom:
+    """Mesh random ops (dropout, MoE's "random" second-expert policy) from TF's stateless generators.
+
+    mesh-tf's own `random` seeds every op from Python's unseeded `random` and per-process string
+    hashing, so masks differed between runs and started over on resume. Here an op's numbers are a
+    function of the config's seed, the op's place among the graph's random ops (ops are lowered in
+    the order the model built them, the same in every run), the step, and the slice's begin offsets.
+    Slices that hold the same part of a tensor (replicas along mesh dimensions it is not split over)
+    draw the same numbers; a split tensor draws other numbers than on one device.
+    """
+
+    STATELESS = {tf.random.uniform: tf.random.stateless_uniform, tf.random.normal: tf.random.stateless_normal,
+                 tf.random.truncated_normal: tf.random.stateless_truncated_normal}
+
+    def __init__(self, *args, seed, step, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._seed, self._step = seed, step
+        self._random_ops = 0
+
+    def random(self, shape, tf_fn, kwargs):
+        if tf_fn not in self.STATELESS:
+            raise ValueError("no stateless counterpart for mesh random op %s; known: %s" % (
+                getattr(tf_fn, "__name__", tf_fn), ", ".join(sorted(f.__name__ for f in self.STATELESS))))
+        # int32 keys: XLA (TPU) takes no other.
+        op_key = tf.random.experimental.stateless_fold_in(
+            tf.constant([self._seed, self._random_ops], tf.int32), tf.cast(self._step, tf.int32))
+        self._random_ops += 1
+        slice_shape = self.slice_shape(shape)
+        coordinates = [0 if axis is None else self.laid_out_pcoord(axis)
+                       for axis in self.tensor_layout(shape).tensor_axis_to_mesh_axis]
+
+        def draw(*coordinates):
+            key = op_key
+            for coordinate, size in zip(coordinates, slice_shape):
+                key = tf.random.experimental.stateless_fold_in(key, coordinate * size)
+            return self.STATELESS[tf_fn](slice_shape, seed=key, **kwargs)
+
+        return self.slicewise(draw, *coordinates)
+
+
+class PlacementMeshImpl(_StatelessRandom, mtf.placement_mesh_impl.PlacementMeshImpl):
+    pass
+
+
+class SimdMeshImpl(_StatelessRandom, mtf.simd_mesh_impl.SimdMeshImpl):
+    pass
+
+
+def mesh_implementation(hardware, mesh_config, params, seed, step):
+    """(mesh impl, variable placer) for the model_fn; `params` is what TPUEstimator passes in.
+
+    Random ops draw from `seed` and `step` (an int tensor) as _StatelessRandom describes.
+    """
     shape = mtf.convert_to_shape(mesh_config.shape_string)
     layout = mtf.convert_to_layout_rules(mesh_config.layout_string)
     if not hardware.use_tpu:
-        return mtf.placement_mesh_impl.PlacementMeshImpl(shape, layout, list(hardware.devices)), None
+        return PlacementMeshImpl(shape, layout, list(hardware.devices), seed=seed, step=step), None
     context = params["context"]
     num_hosts = context.num_hosts
     host_devices = [context.tpu_host_placement_function(host_id=i) for i in range(num_hosts)]
@@ -85,6 +138,6 @@ def mesh_implementation(hardware, mesh_config, params):
         flags.FLAGS.mark_as_parsed()
     logical_to_physical = mtf.simd_mesh_impl.auto_logical_to_physical_tpu(
         shape.to_integer_list, physical_shape)
-    impl = mtf.simd_mesh_impl.SimdMeshImpl(shape, layout, [""] * shape.size, context.device_assignment,
-                                           logical_to_physical=logical_to_physical)
+    impl = SimdMeshImpl(shape, layout, [""] * shape.size, context.device_assignment,
+                        logical_to_physical=logical_to_physical, seed=seed, step=step)
     return impl, placer

@@ -3,27 +3,64 @@ import logging
 import time
 
 from meshtf import tf
+from trainer import flops
 
 log = logging.getLogger("gptneo")
 
 
+class Throughput:
+    """Tokens/s, model TFLOP/s and MFU of one training run (FLOPs as counted in trainer/flops.py).
+
+    Built once per run, so where the peak comes from (or that MFU is not reported, e.g. on CPU
+    without --peak_tflops) is logged once, however many training chunks the run has.
+    """
+
+    def __init__(self, config, hardware):
+        self._tokens_per_step = config.train.train_batch_size * config.model.n_ctx
+        self._model_flops_per_token = flops.model_flops_per_token(config.model)
+        # Differs from the model FLOPs only with recompute_grad; then utilisation is shown both ways.
+        self._hardware_flops_per_token = flops.hardware_flops_per_token(config.model)
+        self._peak = flops.mesh_peak(hardware, config.model.precision, config.mesh.size)
+        self._announced = False
+
+    def announce(self):
+        if not self._announced:
+            log.info("MFU %s", "against %.4g TFLOP/s: %s" % (self._peak.flops / 1e12, self._peak.source)
+                     if self._peak.flops else "not reported: " + self._peak.source)
+            self._announced = True
+
+    def report(self, steps, seconds):
+        """(log text, {TensorBoard tag: value}) for `steps` steps that took `seconds`."""
+        tokens_per_sec = self._tokens_per_step * steps / seconds
+        model_flops = tokens_per_sec * self._model_flops_per_token
+        text = "%.0f tokens/s | %.3g TFLOP/s" % (tokens_per_sec, model_flops / 1e12)
+        scalars = {"tokens_per_sec": tokens_per_sec}
+        if self._peak.flops:
+            scalars["mfu"] = model_flops / self._peak.flops
+            text += " | MFU %.3g%%" % (100 * scalars["mfu"])
+            if self._hardware_flops_per_token != self._model_flops_per_token:
+                text += " | HFU %.3g%%" % (100 * tokens_per_sec * self._hardware_flops_per_token / self._peak.flops)
+        return text, scalars
+
+
 class TrainLogHook(tf.train.SessionRunHook):
-    """Every `iterations` steps: log the means of the fetched scalars since the last log line and
-    tokens/sec; write tokens/sec to TensorBoard.
+    """Every `iterations` steps: log the means of the fetched scalars since the last log line,
+    tokens/s, model TFLOP/s and MFU (see `Throughput`); write tokens/s and MFU to TensorBoard.
 
     On TPU the model's tensors live inside the TPU loop and cannot be fetched, so `tensors` is
     empty there and TPUEstimator logs the loss itself.
     """
 
-    def __init__(self, config, global_step, tensors):
+    def __init__(self, config, global_step, tensors, throughput):
         self._every = config.train.iterations
-        self._tokens_per_step = config.train.train_batch_size * config.model.n_ctx
         self._model_path = config.model_path
         self._global_step = global_step
         self._tensors = tensors
+        self._throughput = throughput
 
     def begin(self):
         self._writer = tf.summary.FileWriterCache.get(self._model_path)
+        self._throughput.announce()
 
     def after_create_session(self, session, coord):
         self._logged_step = session.run(self._global_step)
@@ -44,12 +81,12 @@ class TrainLogHook(tf.train.SessionRunHook):
             return
         now = time.perf_counter()
         steps = step - self._logged_step
-        tokens_per_sec = self._tokens_per_step * steps / (now - self._logged_time)
+        throughput, scalars = self._throughput.report(steps, now - self._logged_time)
         shown = " | ".join("%s %.4g" % (key, total / steps) for key, total in self._sums.items())
         self._sums = dict.fromkeys(self._tensors, 0.0)
-        log.info("step %d | %s | %.0f tokens/s", step, shown, tokens_per_sec)
-        self._writer.add_summary(tf.Summary(value=[tf.Summary.Value(
-            tag="tokens_per_sec", simple_value=tokens_per_sec)]), step)
+        log.info("step %d | %s | %s", step, shown, throughput)
+        self._writer.add_summary(tf.Summary(value=[
+            tf.Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]), step)
         self._logged_step, self._logged_time = step, now
 
     def end(self, session):

@@ -4,65 +4,99 @@ from tensorflow_estimator.python.estimator.tpu.tpu_estimator import TPUEstimator
 
 from meshtf import mtf, tf
 from models.dims import Dims
-from models.gpt import gpt, token_losses
+from models.gpt import gpt, gpt_losses
 from models.sampling import generate
-from trainer import checkpoints, hooks
+from trainer import checkpoints, evaluation, hooks
 from trainer.hardware import mesh_implementation
 from trainer.optimizer import minimize
+from trainer.spikes import LossSpikes
 
 MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
 
 
 def build_model_fn(config, hardware, steps_per_checkpoint):
+    throughput = hooks.Throughput(config, hardware)
+
     def model_fn(features, labels, mode, params):
         mode_name = MODES[mode]
-        # Dropout masks are drawn from op-level seeds derived from this, so runs repeat.
+        # Initialisers' op-level seeds (models/layers.py) combine with this graph-level seed.
         tf.set_random_seed(config.data.seed)
-        mesh_impl, placer = mesh_implementation(hardware, config.mesh, params)
+        if mode_name == "train":
+            # Everything in this step reads the step number once, before the increment that the
+            # train op runs last (resource-variable reads would otherwise race it).
+            step = tf.identity(tf.train.get_or_create_global_step().read_value())
+        else:
+            # Only MoE's "random" policy draws outside training: the same numbers for every
+            # batch and checkpoint, so evaluations compare.
+            step = tf.constant(0, tf.int64)
+        # Mesh random ops (dropout, MoE's "random" policy) are keyed by the seed and the step, so
+        # runs repeat and a resumed run draws what an uninterrupted one does.
+        mesh_impl, placer = mesh_implementation(hardware, config.mesh, params, config.data.seed, step)
         mesh = mtf.Mesh(mtf.Graph(), "mesh", placer)
         d = Dims.build(config.model, config.train.batch_size(mode_name))
         if mode_name == "predict":
-            return _predict_spec(features, mesh, mesh_impl, d)
+            return _predict_spec(features, mesh, mesh_impl, d, params.get("min_prompt_length", 1))
+        if mode_name == "eval":
+            return _eval_spec(features, labels, mesh, mesh_impl, d)
         shape = mtf.Shape([d.batch, d.sequence])
         ids = mtf.import_fully_replicated(mesh, features, shape, name="ids")
         targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
-        logits = gpt(ids, d, config.model, mode_name == "train", config.data.seed)
-        loss, cross_entropy = token_losses(logits, targets, d, config.model.z_loss)
-        if mode_name == "train":
-            return _train_spec(loss, mesh, mesh_impl)
-        return _eval_spec(loss, cross_entropy, logits, mesh, mesh_impl, d)
+        loss, _, _ = gpt_losses(ids, targets, d, config.model, True, config.data.seed)
+        return _train_spec(loss, mesh, mesh_impl, step)
 
-    def _train_spec(loss, mesh, mesh_impl):
+    def _train_spec(loss, mesh, mesh_impl, step):
         global_step = tf.train.get_or_create_global_step()
-        # Everything in this step reads the step number once, before the increment that the
-        # train op runs last (resource-variable reads would otherwise race it).
-        step = tf.identity(global_step.read_value())
-        updates, lr, grad_norm = minimize(loss, mesh.graph, config.train, step)
+        spikes = LossSpikes(config, checkpoints.latest_step(config.model_path)) \
+            if config.train.skip_loss_spike_factor else None
+        applies = spikes.applies(loss) if spikes else None
+        updates, lr, grad_norm = minimize(loss, mesh.graph, config.train, step, applies)
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         tf_loss = tf.cast(lowering.export_to_tf_tensor(loss), tf.float32)
-        with tf.control_dependencies([lowering.lowered_operation(op) for op in updates]):
+        step_ops = [lowering.lowered_operation(op) for op in updates]
+        if spikes:
+            step_ops.append(spikes.record(tf_loss, lowering.export_to_tf_tensor(applies)))
+        with tf.control_dependencies(step_ops):
             train_op = tf.assign_add(global_step, 1)
         logged = {} if hardware.use_tpu else {
             "loss": tf_loss, "lr": lr, "grad_norm": lowering.export_to_tf_tensor(grad_norm)}
-        training_hooks = [mtf.MtfRestoreHook(lowering), checkpoints.saver_hook(config, lowering, steps_per_checkpoint),
-                          hooks.TrainLogHook(config, global_step, logged)]
+        saver = checkpoints.saver_hook(config, lowering, steps_per_checkpoint,
+                                       [spikes.saver_listener()] if spikes else [])
+        log_hook = hooks.TrainLogHook(config, global_step, logged, throughput)
+        training_hooks = [mtf.MtfRestoreHook(lowering), saver, log_hook]
+        training_hooks += spikes.hooks() if spikes else []
         return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
                                 host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr),
                                 scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info))
 
-    def _eval_spec(loss, cross_entropy, logits, mesh, mesh_impl, d):
-        mean_logits = mtf.reduce_mean(mtf.to_float(logits), output_shape=[d.batch])
+    def _eval_spec(features, labels, mesh, mesh_impl, d):
+        """Validation metrics for features {"ids", "bytes"}, LAMBADA's for {"ids", "target_mask"}
+        (see trainer/evaluation.py)."""
+        shape = mtf.Shape([d.batch, d.sequence])
+        ids = mtf.import_fully_replicated(mesh, features["ids"], shape, name="ids")
+        targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
+        loss, cross_entropy, logits = gpt_losses(ids, targets, d, config.model, False, config.data.seed)
+        if "target_mask" in features:
+            target_mask = mtf.import_fully_replicated(mesh, features["target_mask"], shape, name="target_mask")
+            loss, outputs = evaluation.lambada_outputs(cross_entropy, logits, targets, target_mask, d)
+            metrics, inputs = evaluation.lambada_metrics, []
+        else:
+            outputs = evaluation.validation_outputs(cross_entropy, logits, targets, d)
+            metrics, inputs = evaluation.validation_metrics, [features["bytes"]]
         # The SIMD (TPU) mesh exports only fully replicated tensors.
-        cross_entropy, mean_logits = mtf.anonymize(cross_entropy), mtf.anonymize(mean_logits)
+        outputs = [mtf.anonymize(x) for x in outputs]
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
-        tensors = [lowering.export_to_tf_tensor(x) for x in (cross_entropy, mean_logits)]
+        tensors = [lowering.export_to_tf_tensor(x) for x in outputs] + inputs
         return TPUEstimatorSpec(ModeKeys.EVAL, loss=tf.cast(lowering.export_to_tf_tensor(loss), tf.float32),
-                                evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(eval_metrics, tensors),
+                                evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(metrics, tensors),
                                 scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info))
 
-    def _predict_spec(features, mesh, mesh_impl, d):
-        """Samples for {"ids", "lengths"}; logits for {"ids"} alone (the exported logits model)."""
-        ids = mtf.import_fully_replicated(mesh, features["ids"], mtf.Shape([d.batch, d.sequence]), name="ids")
+    def _predict_spec(features, mesh, mesh_impl, d, min_prompt_length):
+        """Samples for {"ids", "lengths"}; logits for {"ids"} alone (the exported logits model).
+
+        Generation runs over the length of "ids" (see sampling.decode_length); logits over n_ctx.
+        """
+        sequence = mtf.Dimension(d.sequence.name, features["ids"].shape.as_list()[1])
+        ids = mtf.import_fully_replicated(mesh, features["ids"], mtf.Shape([d.batch, sequence]), name="ids")
         if "lengths" not in features:
             logits = mtf.anonymize(mtf.to_float(gpt(ids, d, config.model, False, config.data.seed)))
             lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
@@ -72,7 +106,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         lengths = mtf.import_fully_replicated(mesh, features["lengths"], mtf.Shape([d.batch]), name="lengths")
         sampling = config.predict.sampling(config.data.seed)
         samples = mtf.anonymize(generate(ids, lengths, d, config.model, sampling, config.data.eos_id,
-                                         config.data.seed))
+                                         config.data.seed, min_prompt_length))
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
                                 scaffold_fn=_restore_and_fill_slices(lowering),
@@ -85,15 +119,3 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
 
     return model_fn
 
-
-def eval_metrics(cross_entropy, mean_logits):
-    """Means over the whole eval run; perplexity = exp(mean cross-entropy).
-
-    The estimator adds `loss` (the training objective, z-loss included) by itself.
-    """
-    ce_value, ce_update = tf.metrics.mean(cross_entropy)
-    return {
-        "cross_entropy": (ce_value, ce_update),
-        "perplexity": (tf.exp(ce_value), tf.exp(ce_update)),
-        "mean_logits": tf.metrics.mean(mean_logits),
-    }

@@ -43,12 +43,13 @@ class AdamWeightDecay(mtf.optimize.Optimizer):
     activation dtype is bfloat16: the weight is read as float32 before it joins the update.
     """
 
-    def __init__(self, learning_rate, weight_decay, beta1, beta2, epsilon):
+    def __init__(self, learning_rate, weight_decay, beta1, beta2, epsilon, applies=None):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
+        self.applies = applies  # an mtf scalar, 0.0 for a step to skip (trainer/spikes.py), or None
 
     def decays(self, name):
         return bool(self.weight_decay) and not any(re.search(p, name) for p in WEIGHT_DECAY_EXCLUDE)
@@ -64,25 +65,39 @@ class AdamWeightDecay(mtf.optimize.Optimizer):
         update = next_m / (mtf.sqrt(next_v) + self.epsilon)
         if self.decays(var.name):
             update += self.weight_decay * mtf.to_float(var.value)
-        return [mtf.assign_sub(var, self.learning_rate * update),
-                mtf.assign(m, next_m), mtf.assign(v, next_v)]
+        step = self.learning_rate * update
+        if self.applies is not None:
+            # A skipped step leaves the weight and both slots as they were. For finite values
+            # x * 1 + y * 0 == x exactly, so an applied step is bit-identical to one without skipping.
+            step = step * self.applies
+            next_m = next_m * self.applies + m * (1.0 - self.applies)
+            next_v = next_v * self.applies + v * (1.0 - self.applies)
+        return [mtf.assign_sub(var, step), mtf.assign(m, next_m), mtf.assign(v, next_v)]
 
 
-def make_optimizer(train_config, lr):
+def make_optimizer(train_config, lr, applies=None):
     t = train_config
     if t.opt_name.lower() == "adam":
-        return AdamWeightDecay(lr, t.weight_decay, t.beta1, t.beta2, t.epsilon)
+        return AdamWeightDecay(lr, t.weight_decay, t.beta1, t.beta2, t.epsilon, applies)
     # The original gave Adafactor the raw `lr` and passed `weight_decay` as its second-moment
     # decay rate; here it follows the schedule and keeps mesh-tf's default decay rate.
     return mtf.optimize.AdafactorOptimizer(
         learning_rate=lr, beta1=t.beta1, epsilon1=t.ada_epsilon1, epsilon2=t.ada_epsilon2)
 
 
-def minimize(loss, graph, train_config, global_step):
-    """Gradients, optional clipping and the optimizer's update ops; returns (updates, lr, grad norm)."""
-    variables = graph.trainable_variables
+def gradients(loss, variables):
+    """float32 gradients of `loss` for the mtf `variables`: the backward pass, and nothing after it."""
     grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
-    grads = [mtf.to_float(g) for g in grads]
+    return [mtf.to_float(g) for g in grads]
+
+
+def minimize(loss, graph, train_config, global_step, applies=None):
+    """Gradients, optional clipping and the optimizer's update ops; returns (updates, lr, grad norm).
+
+    `applies`: an mtf scalar, 0.0 to leave the variables as they are (Adam only, see trainer/spikes.py).
+    """
+    variables = graph.trainable_variables
+    grads = gradients(loss, variables)
     norm = global_norm(grads)
     clip = train_config.gradient_clipping
     if clip:  # g * clip / max(||g||, clip) over all gradients together
@@ -90,6 +105,6 @@ def minimize(loss, graph, train_config, global_step):
     lr = learning_rate(train_config, global_step)
     mesh = loss.mesh
     mtf_lr = mtf.import_fully_replicated(mesh, lr, mtf.Shape([]), name="learning_rate")
-    optimizer = make_optimizer(train_config, mtf_lr)
+    optimizer = make_optimizer(train_config, mtf_lr, applies)
     updates = optimizer.apply_grads(grads, variables)
     return updates, lr, norm

@@ -1,7 +1,8 @@
 """--predict: sample continuations of prompts from the latest checkpoint, print and save them."""
 import json
 
-from inputs.prompts import encode_prompts, input_fn_for, read_prompts
+from inputs.prompts import input_fn_for
+from models.sampling import decode_length
 from tfrecords_tools.records import write_atomically
 
 SAMPLE_RULE = "=" * 40
@@ -16,11 +17,12 @@ def continuation(ids, length, n_ctx, max_new_tokens, eos_id):
     return tokens, "length"
 
 
-def predict(estimator, config, tokenizer, prompt_path, output_path, log=print):
-    """Sample every prompt `num_samples` times; write `<output>.txt` and `<output>.jsonl`; return the samples."""
+def predict(estimator, config, tokenizer, rows, output_path, log=print):
+    """Sample each row (inputs.prompts.encode_prompts); write `<output>.txt` and `<output>.jsonl`;
+    return the samples."""
     m, p = config.model, config.predict
-    rows = encode_prompts(read_prompts(prompt_path), tokenizer, m.n_ctx, p.num_samples)
-    input_fn = input_fn_for(rows, m.n_ctx, config.train.predict_batch_size, config.data.padding_id)
+    length = decode_length(max(len(row.tokens) for row in rows), p.predict_max_steps, m.n_ctx)
+    input_fn = input_fn_for(rows, length, config.train.predict_batch_size, config.data.padding_id)
     results = []
     for row, output in zip(rows, estimator.predict(input_fn, yield_single_examples=True)):
         tokens, finish = continuation(output["ids"], len(row.tokens), m.n_ctx, p.predict_max_steps,

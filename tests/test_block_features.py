@@ -1,0 +1,317 @@
+"""The original's experimental block features: the activation registry, scalenorm, ReZero, macaron
+blocks, GLU, shared parameters, an untied output projection, the entmax loss and mixture of experts.
+Values against the numpy reference, an experts layout on 8 devices against 1, incremental decoding
+against the full forward pass, and training runs of the real main.py that save, reload and continue."""
+import json
+
+import numpy as np
+import pytest
+from conftest import BASE, make, placement, randomize_and_run, run_main, scalars
+from reference_models import (ACTIVATION_NAMES, NUMPY_ACTIVATION_PARAMS, numpy_activation, numpy_entmax,
+                              numpy_entmax_loss, numpy_gpt_neo_logits, numpy_token_losses)
+from test_model import lowered
+from test_sampling import decoded, full_logits
+
+from convert.huggingface import ConversionError, export_hf
+from meshtf import mtf, tf
+from models import dims as names
+from models.activations import ACTIVATIONS, activation
+from models.dims import Dims
+from models.entmax import entmax_loss
+from models.gpt import gpt, token_losses
+from models.sampling import SamplingConfig
+from trainer.config import ConfigError
+
+# Model level: conftest.BASE (2 layers, n_embd 16, 4 heads, vocab 64), 16 positions, window 4.
+SMALL = dict(n_ctx=16, local_attention_radius=4)
+
+
+def import_array(mesh, array, dims):
+    return mtf.import_fully_replicated(mesh, tf.constant(array, tf.float32), mtf.Shape(dims))
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations
+
+
+@pytest.fixture(scope="module")
+def activation_values():
+    """x [4, 16], the learned scalars by name (random values), and per activation act(x) and the
+    gradients of sum(act(x)) for x and for its scalars, from one graph."""
+    x = np.random.RandomState(0).normal(0, 2, size=(4, 16))
+    x[0, :3] = [0.0, 30.0, -30.0]
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        inputs = import_array(mesh, x, [mtf.Dimension(names.BATCH, 4), mtf.Dimension(names.INTERMEDIATE_EXPANDED, 16)])
+        fetches = {}
+        for name in ACTIVATIONS:
+            with tf.variable_scope(name):
+                y = activation(name, inputs, mtf.VariableDType(tf.float32), seed=1)
+            learned = sorted((v for v in graph.trainable_variables if v.name.startswith(name + "/")),
+                             key=lambda v: v.name)
+            grads = mtf.gradients([mtf.reduce_sum(y)], [inputs] + [v.outputs[0] for v in learned])
+            fetches[name] = [y, grads[0], grads[1:]]
+        # The batch laid out (on one device): the scalars' gradients are then sums over a split dimension.
+        config = make("x:1", "batch:x", **SMALL)
+        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+        weights, values = randomize_and_run(lowering, {
+            name: [lowering.export_to_tf_tensor(y), lowering.export_to_tf_tensor(grad),
+                   [lowering.export_to_tf_tensor(g) for g in grads]] for name, (y, grad, grads) in fetches.items()})
+    return x, weights, values
+
+
+def test_the_numpy_reference_knows_every_activation():
+    assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES)
+
+
+def numerical_gradient(f, x, step=1e-6):
+    """d f(x) / dx by central differences (float64)."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        delta = np.zeros_like(x)
+        delta[index] = step
+        grad[index] = (f(x + delta) - f(x - delta)) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_NAMES))
+def test_activation_and_its_gradient_equal_numpy(activation_values, name):
+    x, weights, values = activation_values
+    learned = ["%s/activation-%d" % (name, k) for k in range(NUMPY_ACTIVATION_PARAMS.get(name, 0))]
+    assert sorted(w for w in weights if w.startswith(name + "/")) == learned  # stable names, creation order
+    params = np.array([weights[w] for w in learned], np.float64)
+    ours, our_grad, our_param_grads = values[name]
+    np.testing.assert_allclose(ours, numpy_activation(name, x, params, seed=1), rtol=1e-4, atol=1e-5)
+    kinks = x == 0  # relu, abs, sign, prelu, ... have no derivative at 0
+    expected = numerical_gradient(lambda x: numpy_activation(name, x, params).sum(), x)
+    np.testing.assert_allclose(our_grad[~kinks], expected[~kinks], rtol=2e-3, atol=1e-4)
+    assert np.isfinite(our_grad).all()
+    expected = numerical_gradient(lambda p: numpy_activation(name, x, p).sum(), params)
+    np.testing.assert_allclose(our_param_grads, expected, rtol=2e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model against the numpy reference
+
+MOE = {"moe_num_experts": 4, "moe_hidden_size": 8}
+FEATURES = {
+    "macaron-glu-scalenorm": dict(macaron=True, mlp_glu=True, scalenorm=True, activation_fn="aria"),
+    "rezero-shared-untied-entmax": dict(rezero=True, share_parameters=True, no_weight_tie=True, entmax_loss=True,
+                                        activation_fn="prelu"),
+    # Groups of 8 tokens, 2 slots per expert and group: tokens overflow; second experts above a gate of 0.2.
+    "experts-capacity": dict(moe_layers=[1], moe_params=dict(MOE, moe_group_size=8, moe_capacity_factor_eval=1.0,
+                                                             moe_second_policy_eval="threshold")),
+    "experts-every-layer": dict(moe_layers=[0, 1], moe_activation="gelu",
+                                moe_params=dict(MOE, moe_second_policy_eval="all", moe_loss_coef=0.1)),
+}
+
+
+@pytest.mark.parametrize("features", FEATURES.values(), ids=FEATURES.keys())
+def test_logits_and_loss_equal_numpy_reference(features):
+    config = make(**SMALL, **features)
+    rng = np.random.RandomState(1)
+    ids, labels = rng.randint(0, 64, size=(2, 16)), rng.randint(0, 64, size=(2, 16))
+    with tf.Graph().as_default():
+        lowering, logits, loss, _ = lowered(config, ids, labels, placement(config, 1))
+        weights, (ours, our_loss) = randomize_and_run(lowering, (logits, loss))
+    balance = []
+    expected = numpy_gpt_neo_logits(weights, dict(BASE, **SMALL, **features), ids, balance)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-4)
+    if features.get("entmax_loss"):
+        token_loss = numpy_entmax_loss(expected, labels)
+    else:
+        token_loss = numpy_token_losses(expected, labels, config.model.z_loss)[1]
+    assert len(balance) == len(features.get("moe_layers", []))
+    assert our_loss == pytest.approx(token_loss.mean() + sum(balance), rel=1e-5)
+
+
+def test_token_losses_and_z_loss_equal_numpy():
+    """ℓ = logZ − z_target + z_loss·logZ² per token; a label >= n_vocab keeps only the z-loss term."""
+    config = make(**SMALL, z_loss=0.1)
+    rng = np.random.RandomState(4)
+    logits = rng.normal(0, 3, size=(2, 16, 64))
+    labels = rng.randint(0, 64, size=(2, 16))
+    labels[1, 3] = 64
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        d = Dims.build(config.model, 2)
+        z = import_array(mesh, logits, [d.batch, d.sequence, d.vocab])
+        y = mtf.import_fully_replicated(mesh, tf.constant(labels, tf.int32), mtf.Shape([d.batch, d.sequence]))
+        loss, cross_entropy = token_losses(z, y, d, 0.1)
+        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+        with tf.Session() as session:
+            loss, cross_entropy = session.run([lowering.export_to_tf_tensor(t) for t in (loss, cross_entropy)])
+    expected_cross_entropy, expected = numpy_token_losses(logits, labels, 0.1)
+    np.testing.assert_allclose(cross_entropy, expected_cross_entropy, rtol=1e-5)
+    assert loss == pytest.approx(expected.mean(), rel=1e-5)
+
+
+def test_entmax_loss_is_finite_where_the_target_has_probability_zero_and_its_gradient_is_p_minus_target():
+    rng = np.random.RandomState(5)
+    logits = rng.normal(0, 4, size=(3, 50))
+    labels = np.array([0, 1, 2])
+    p = numpy_entmax(logits)
+    assert np.allclose(p.sum(-1), 1) and (p == 0).any(axis=-1).all()
+    logits[:, :3] = logits.min()  # every target gets probability 0: −log p would be infinite
+    config = make(**SMALL)
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        rows, vocab = mtf.Dimension(names.BATCH, 3), mtf.Dimension(names.VOCAB, 50)
+        z = import_array(mesh, logits, [rows, vocab])
+        y = mtf.import_fully_replicated(mesh, tf.constant(labels, tf.int32), mtf.Shape([rows]))
+        loss = entmax_loss(z, y, vocab)
+        grad = mtf.gradients([mtf.reduce_sum(loss)], [z])[0]
+        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+        with tf.Session() as session:
+            loss, grad = session.run([lowering.export_to_tf_tensor(t) for t in (loss, grad)])
+    np.testing.assert_allclose(loss, numpy_entmax_loss(logits, labels), rtol=1e-5)
+    assert (loss > 0).all()
+    np.testing.assert_allclose(grad, numpy_entmax(logits) - np.eye(50)[labels], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experts across meshes, and decoding
+
+
+ONE_LAYER = dict(n_layer=1, attention_types=[[["global"], 1]])
+ON_EIGHT_DEVICES = {
+    # Groups split over x, experts over y: tokens go from their group's device to their experts' and back.
+    "experts": ("batch:x,experts:y,heads:y", dict(moe_layers=[0], moe_params=dict(
+        MOE, moe_group_size=8, moe_capacity_factor_eval=1.0, moe_second_policy_eval="threshold"))),
+    # GLU's c_fc halves are cut from its weights, gathered over y.
+    "glu": ("batch:x,intermediate_expanded:y", dict(mlp_glu=True)),
+}
+
+
+@pytest.mark.parametrize("layout,features", ON_EIGHT_DEVICES.values(), ids=ON_EIGHT_DEVICES.keys())
+def test_layout_on_eight_devices_gives_the_loss_and_gradients_of_one(layout, features):
+    rng = np.random.RandomState(2)
+    ids, labels = rng.randint(0, 64, size=(8, 16)), rng.randint(0, 64, size=(8, 16))
+    results = []
+    for shape, rules, devices in (("x:1", "", 1), ("x:2,y:4", layout, 8)):
+        config = make(shape, rules, **SMALL, **ONE_LAYER, train_batch_size=8, **features)
+        with tf.Graph().as_default():
+            lowering, _, loss, grads = lowered(config, ids, labels, placement(config, devices))
+            results.append(randomize_and_run(lowering, (loss, grads), devices=devices)[1])
+    (loss_1, grads_1), (loss_8, grads_8) = results
+    np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
+    assert grads_1.keys() == grads_8.keys()
+    for name in grads_1:
+        scale = np.abs(grads_1[name]).max()
+        assert np.abs(grads_8[name] - grads_1[name]).max() <= 1e-5 * max(scale, 1e-3), name
+
+
+DECODED = {
+    "macaron-glu-scalenorm": dict(macaron=True, mlp_glu=True, scalenorm=True, activation_fn="psoftplus"),
+    # Capacity for every token, so routing is per token in the full pass as in a decoding step.
+    "experts": dict(moe_layers=[0], mlp_glu=True, macaron=True,
+                    moe_params=dict(MOE, moe_capacity_factor_eval=4.0, moe_second_policy_eval="threshold")),
+    "rezero-shared-untied": dict(rezero=True, share_parameters=True, no_weight_tie=True),
+}
+
+
+@pytest.mark.parametrize("features", DECODED.values(), ids=DECODED.keys())
+def test_incremental_decoding_equals_full_forward(features):
+    """Five prompt positions prefilled in one pass, the rest one token per step (test_sampling's helpers)."""
+    config = make(**SMALL, attention_types=[[["global", "local"], 1]], **features)
+    ids = np.random.RandomState(3).randint(0, 64, size=(2, 16))
+    weights, expected = full_logits(config, ids)
+    _, logits = decoded(config, ids, [16, 16], SamplingConfig(temperature=0), weights, record_logits=True,
+                        min_prompt_length=6)
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth,fan_in", [(True, False), (False, True), (True, True)])
+def test_scale_by_depth_and_in_scale_the_mlp_and_output_initialisers(depth, fan_in):
+    """std 0.02, times 1/sqrt(n_layer) for c_proj with scale_by_depth and 1/sqrt(fan_in) with scale_by_in
+    (also for GLU's wider c_fc, the macaron MLP and the untied output); attention keeps its own."""
+    config = make(n_embd=32, n_layer=4, attention_types=[[["global"], 4]], **SMALL, mlp_glu=True, macaron=True,
+                  no_weight_tie=True, scale_by_depth=depth, scale_by_in=fan_in)
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        d = Dims.build(config.model, 1)
+        gpt(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32), d, config.model, train=False, seed=1)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            values = {v.op.name: session.run(v) for v in tf.global_variables()}
+    depth_factor, fc_in, proj_in = 4 ** -0.5 if depth else 1, 32 ** -0.5 if fan_in else 1, 128 ** -0.5 if fan_in else 1
+    for name, std in (("gpt2/h1/mlp/conv1d_main/c_fc/kernel", 0.02 * fc_in),
+                      ("gpt2/h1/mlp_macaron/conv1d_main/c_fc/kernel", 0.02 * fc_in),
+                      ("gpt2/h1/mlp/conv1d_main/c_proj/kernel", 0.02 * depth_factor * proj_in),
+                      ("gpt2/h2/mlp_macaron/conv1d_main/c_proj/kernel", 0.02 * depth_factor * proj_in),
+                      ("gpt2/wte_final_linear/conv1d_main/linear_out/kernel", 0.02 * fc_in),
+                      ("gpt2/h0/attn/k", 32 ** -0.5)):
+        assert values[name].std() == pytest.approx(std, rel=0.06), name
+
+
+def test_huggingface_export_refuses_block_features(tmp_path):
+    with pytest.raises(ConversionError, match=r"^macaron, mlp_glu, moe_layers: no HuggingFace GPT-Neo equivalent"):
+        export_hf(str(tmp_path), make(**SMALL, macaron=True, mlp_glu=True, moe_layers=[0]), str(tmp_path / "hf"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"activation_fn": "swishh"}, r"^`activation_fn` 'swishh' is not an activation; did you mean 'silu'|"
+                                  r"^`activation_fn` 'swishh' is not an activation"),
+    ({"moe_layers": [2]}, r"^`moe_layers` lists layer\(s\) 2, but the layers are numbered 0 to 1"),
+    ({"moe_layers": [1], "moe_params": {"moe_num_expert": 4}},
+     r"^unknown `moe_params` key `moe_num_expert`; did you mean 'moe_num_experts'\?"),
+    ({"moe_layers": [1], "moe_params": {"moe_num_experts": "4"}},
+     r"^moe_params key `moe_num_experts` must be an integer"),
+    ({"moe_layers": [1], "moe_params": {"moe_second_policy_train": "sometimes"}},
+     r"^`moe_params` moe_second_policy_train must be one of all, none, threshold, random"),
+    ({"moe_layers": [1], "moe_params": {"moe_gating": "switch"}}, r"^`moe_params` moe_gating must be \"top_2\""),
+    ({"rezero": True, "scalenorm": True}, r"^`rezero` and `scalenorm` are both set"),
+    ({"moe_layers": [1], "moe_params": {"moe_num_experts": 6}, "mesh_shape": "x:4", "layout": "experts:x"},
+     r"^`layout` splits 'experts' \(size 6\) over mesh dimension 'x' of size 4"),
+], ids=["activation", "moe_layers", "moe_params-key", "moe_params-type", "policy", "gating", "rezero-scalenorm",
+        "experts-layout"])
+def test_bad_block_feature_values_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make(**dict(SMALL, **overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs of main.py
+
+TRAINED = {
+    "macaron-glu-scalenorm-aria-experts": (
+        dict(macaron=True, mlp_glu=True, scalenorm=True, activation_fn="aria", moe_layers=[1],
+             moe_params={"moe_num_experts": 4, "moe_hidden_size": 64}),
+        {"gpt2/h0/mlp/activation-5": [], "gpt2/h1/mlp_macaron/conv1d_main/c_fc/kernel": [32, 256],
+         "gpt2/h0/mlp/conv1d_main/c_proj/kernel": [128, 32], "gpt2/h0/norm_1/g": [],
+         "gpt2/h1/top_2_gating/kernel": [32, 4], "gpt2/h1/wi/kernel": [4, 32, 64], "gpt2/h1/wo/kernel": [4, 64, 32]}),
+    "rezero-shared-untied-entmax-prelu": (
+        dict(rezero=True, share_parameters=True, no_weight_tie=True, entmax_loss=True, activation_fn="prelu",
+             train_batch_size=2),
+        {"gpt2//norm_rezero_1/g": [], "gpt2//mlp/activation-0": [], "gpt2//attn/q": [32, 32],
+         "gpt2/wte_final_linear/conv1d_main/linear_out/kernel": [32, 50257],
+         "gpt2/wte_final_linear/conv1d_main/linear_out/bias": [50257]}),
+}
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_trains_saves_reloads_and_continues(make_config, name):
+    features, variables = TRAINED[name]
+    settings = dict(features, iterations=2, lr=0.01, lr_decay_end=6)
+    assert run_main("--model", make_config(name, train_steps=4, **settings)) == 0
+    path = make_config(name, train_steps=6, **settings)  # the same model_path, on to step 6
+    assert run_main("--model", path) == 0
+
+    model_path = json.load(open(path))["model_path"]
+    losses = scalars(model_path, "loss")
+    assert sorted(losses) == list(range(1, 7)) and np.isfinite(list(losses.values())).all()
+    first, second, resumed = (np.mean([losses[s] for s in steps]) for steps in ((1, 2), (3, 4), (5, 6)))
+    assert second < first and resumed < second, losses  # resumed from the trained weights, not from scratch
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_path))
+    assert reader.get_tensor("global_step") == 6
+    shapes = reader.get_variable_to_shape_map()
+    assert {v: shapes.get(v) for v in variables} == variables

@@ -1,0 +1,423 @@
+"""--auto_layout and --auto_layout_and_mesh_shape: choose a `layout` (and `mesh_shape`) for a config.
+
+The original ran mesh-tf's auto_mtf (ortools), which minimises peak memory alone. This is a search of
+our own over the layout vocabulary, priced by memory and by what a step costs:
+
+Candidates. Each of the dimensions in SEARCHED_DIMS goes to one mesh dimension or stays whole:
+batch (data parallelism), heads, vocab and intermediate_expanded (Megatron-style model parallelism),
+embd (the width) and memory_length (keys of global attention). The other names are left out:
+splitting the sequence or the local attention blocks turns their reshapes and shifts into gathers,
+and splitting features_per_head would all-reduce every attention logit. `--auto_layout` keeps the
+config's mesh_shape; `--auto_layout_and_mesh_shape` tries every factorisation of the mesh size
+into at most four mesh dimensions (as the original), each of which must split something.
+
+Validity. Two dimensions of one tensor (or of one einsum) may not share a mesh dimension (the
+preflight rule, found here from the training step's own tensors), and the config must pass
+validation with the layout (every split divides its dimension, the batch splits evenly). The
+winner is checked again by preflight itself.
+
+Cost model, per device, for one training step (forward pass, loss and backward pass, built
+symbolically as the trainer builds them; the optimizer's update is elementwise and left out):
+- memory: parameters, optimizer slots, gradients and peak activations (trainer/memory.py).
+- compute: the FLOPs of every einsum, 2 × the multiply-adds of the slice this device computes.
+  A dimension split nowhere is computed whole on every device, so layouts that leave mesh
+  dimensions idle cost more.
+- communication: the bytes this device sends in the collectives mesh-tf's lowering issues: an
+  einsum or sum over a split dimension all-reduces its output (2(g-1)/g of the slice over g
+  devices, ring all-reduce); mesh-tf delays such an all-reduce past additions of partial sums with
+  the same split, and so does this count; a reshape that changes a split all-concatenates or
+  all-to-alls ((g-1)/g of the slice); an embedding lookup in a split table all-reduces the rows
+  found. Data parallelism's gradient all-reduce is one of these (the weight-gradient einsums sum
+  over the split batch). The counts equal the collectives a real lowering issues (tested).
+- step cost = FLOPs + FLOPS_PER_BYTE × bytes: one byte sent costs as much time as FLOPS_PER_BYTE
+  FLOPs computed.
+
+Choice. Among the candidates whose memory fits USABLE of `device_memory`, the lowest step cost;
+if none fits, the least memory (as auto_mtf), then the lowest step cost. Ties go to the first
+of the printed (mesh_shape, layout) strings, so the output is deterministic.
+"""
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from meshtf import mtf, tf
+from models import dims as names
+from models import layers
+from models.dims import Dims
+from models.gpt import gpt, token_losses
+from trainer.config import ConfigError, MeshConfig, check_batch_layout, validate
+from trainer.memory import GiB, USABLE, DeviceMemory, training_step
+from trainer.optimizer import gradients
+from trainer.preflight import preflight
+
+SEARCHED_DIMS = (names.BATCH, names.MEMORY_LENGTH, names.EMBD, names.HEADS, names.VOCAB,
+                 names.INTERMEDIATE_EXPANDED)
+MESH_DIM_NAMES = ("x", "y", "z", "w")
+# One byte sent costs the time of this many FLOPs computed. An A100 computes 312 bf16 TFLOP/s and sends
+# about 300 GB/s per direction over NVLink (~1000 FLOPs per byte); TPU interconnects are of the same
+# order. A rough weight: it only has to be of the right order to rank layouts.
+FLOPS_PER_BYTE = 500
+DEFAULT_DEVICE_MEMORY = 16 * GiB  # a TPU v3 core, the original's hardware
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step as a list of operations, priced for any layout
+
+
+@dataclass(frozen=True)
+class Op:
+    """One mtf operation, reduced to what its lowering communicates and computes.
+
+    kind: "einsum", "sum" (reduce_sum), "reduce" (all-reduced at once: max, min, embedding lookups),
+    "reshape", "add" (may keep partial sums pending, as mesh-tf's lazy all-reduce does) or "other"
+    (slicewise).
+    """
+
+    kind: str
+    inputs: Tuple[int, ...]          # tensor ids
+    output: Optional[int]            # tensor id
+    reduced: Tuple[str, ...] = ()    # einsum, sum, reduce: dimensions summed away, in mesh-tf's order
+    result: Tuple = ()               # einsum: the output's dimensions found in the inputs
+    work: Tuple = ()                 # einsum: all dimensions of the computation
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Per device, for one training step."""
+
+    flops: int
+    bytes_sent: int
+    counters: Dict[str, int]   # as mesh-tf's lowering counts: laid-out elements of einsum work and of each collective
+
+    @property
+    def step_cost(self):
+        return self.flops + FLOPS_PER_BYTE * self.bytes_sent
+
+
+class StepOperations:
+    """The training step's operations, priced for a mesh shape and layout without lowering them."""
+
+    def __init__(self, graph, outputs):
+        """`graph`: the mtf graph of the step; `outputs`: the tensors the step uses (loss, gradients)."""
+        ids = {}
+
+        def tensor_id(t):
+            return ids.setdefault(t, len(ids))
+
+        self.ops = []
+        conflicts = set()
+        for op in graph.operations:
+            inputs = tuple(tensor_id(t) for t in op.inputs)
+            output = tensor_id(op.outputs[0]) if op.outputs else None
+            for t in op.inputs + op.outputs:
+                conflicts.update(_pairs(t.shape.dims))
+            self.ops.append(_op(op, inputs, output, conflicts))
+        self.shapes = {i: t.shape for t, i in ids.items()}
+        self.dims = {i: tuple(t.shape.dims) for t, i in ids.items()}
+        self.itemsize = {i: t.dtype.size for t, i in ids.items()}
+        self.outputs = tuple(tensor_id(t) for t in outputs)
+        self.conflicts = frozenset(conflicts)
+
+    def valid(self, layout):
+        """No two dimensions of one tensor or einsum on one mesh dimension ({tensor dim: mesh dim})."""
+        return not any(a in layout and layout.get(b) == layout[a] for a, b in self.conflicts)
+
+    def costs(self, mesh_shape, layout):
+        """The step's Costs on `mesh_shape` ((name, size), ...) under `layout` ((tensor dim, mesh dim), ...)."""
+        impl = mtf.MeshImpl(mtf.convert_to_shape(_shape_string(mesh_shape)),
+                            mtf.convert_to_layout_rules(_layout_string(layout)))
+        axis_of = {tensor_dim: impl.shape.dimension_names.index(mesh_dim) for tensor_dim, mesh_dim in layout}
+        sizes = impl.shape.to_integer_list
+        split = {tensor_dim: sizes[axis] for tensor_dim, axis in axis_of.items()}
+        known = {}
+
+        def laid_out(dims):
+            if dims not in known:
+                n = impl.size
+                for d in dims:
+                    n *= d.size // split.get(d.name, 1)
+                known[dims] = n
+            return known[dims]
+
+        counters = {"einsum": 0, "allreduce": 0, "allconcat": 0, "alltoall": 0}
+        sent = 0.0
+
+        def collective(kind, axes, elements, itemsize):
+            nonlocal sent
+            group = 1
+            for axis in axes:
+                group *= sizes[axis]
+            counters[kind] += elements
+            sent += (2 if kind == "allreduce" else 1) * (group - 1) / group * elements / impl.size * itemsize
+
+        # Partial sums whose all-reduce mesh-tf has not issued yet: tensor id -> (mesh axes, laid-out elements).
+        pending = {}
+
+        def settle(tensor):
+            if tensor in pending:
+                axes, elements = pending.pop(tensor)
+                collective("allreduce", axes, elements, self.itemsize[tensor])
+
+        for op in self.ops:
+            if op.kind in ("einsum", "sum", "reduce"):
+                for t in op.inputs:
+                    settle(t)
+                axes = [axis_of[name] for name in op.reduced if name in axis_of]
+                if op.kind == "einsum":
+                    counters["einsum"] += laid_out(op.work)
+                if axes:
+                    pending[op.output] = (axes, laid_out(op.result if op.kind == "einsum" else self.dims[op.output]))
+                    # A max is all-reduced at once, and so is an einsum broadcast to new dimensions.
+                    if op.kind == "reduce" or (op.kind == "einsum" and op.result != self.dims[op.output]):
+                        settle(op.output)
+            elif op.kind == "add" and _sum_later(op, pending, self.dims):
+                # Partial sums are added first and all-reduced once, counted as the first operand.
+                pending[op.output] = pending[op.inputs[0]]
+                for t in set(op.inputs):
+                    del pending[t]
+            elif op.kind == "reshape":
+                if self._reshape(op, impl, laid_out, collective) or op.inputs[0] not in pending:
+                    settle(op.inputs[0])
+                else:
+                    pending[op.output] = pending.pop(op.inputs[0])
+            else:
+                for t in op.inputs:
+                    settle(t)
+        for t in self.outputs:
+            settle(t)
+        return Costs(flops=2 * counters["einsum"] // impl.size, bytes_sent=int(sent), counters=counters)
+
+    def _reshape(self, op, impl, laid_out, collective):
+        """Count the collectives of a reshape as mesh-tf's ReshapeOperation.lower issues them;
+        return whether there are any."""
+        old, new = self.shapes[op.inputs[0]], self.shapes[op.output]
+        before, after = impl.mesh_axis_to_cumprod(old), impl.mesh_axis_to_cumprod(new)
+        changed = [axis for axis, (b, a) in enumerate(zip(before, after)) if b != a]
+        size = laid_out(self.dims[op.inputs[0]])
+        for axis in changed:
+            if before[axis] is None and old.cumprod_to_tensor_axis(after[axis]) is not None:
+                size //= impl.shape[axis].size  # split before reshaping
+        for axis in changed:
+            if before[axis] is not None and after[axis] is not None:
+                collective("alltoall", [axis], size, self.itemsize[op.output])
+        for axis in changed:
+            if after[axis] is None:
+                size *= impl.shape[axis].size
+                collective("allconcat", [axis], size, self.itemsize[op.output])
+        return bool(changed)
+
+
+def _op(op, inputs, output, conflicts):
+    kind = type(op).__name__
+    if kind == "EinsumOperation":
+        in_dims = set(d for x in op.inputs for d in x.shape.dims)
+        result = tuple(d for d in op.outputs[0].shape.dims if d in in_dims)
+        # mesh-tf sums in the order of the first operand (or output) holding every dimension, else of their union.
+        union = mtf.ops._shape_union([x.shape for x in op.inputs])
+        full = next((s.dims for s in [x.shape for x in op.inputs] + [mtf.Shape(list(result))]
+                     if s.ndims == union.ndims), union.dims)
+        conflicts.update(_pairs(union.dims))
+        return Op("einsum", inputs, output, tuple(d.name for d in full if d not in result), result, tuple(union.dims))
+    if kind == "ReduceOperation":
+        reduced = tuple(d.name for d in op.inputs[0].shape.dims if d not in op.outputs[0].shape.dims)
+        return Op("sum" if op._reduction_fn_string == "SUM" else "reduce", inputs, output, reduced)
+    if kind == "ReshapeOperation":
+        return Op("reshape", inputs, output)
+    # Embedding lookups (models/layers.py) all-reduce the rows each device found in its slice of the
+    # table; their gradient sums what devices holding different ids found, lazily like a reduce_sum.
+    if isinstance(op, layers._Lookup):
+        return Op("reduce", inputs, output, (op.inputs[0].shape.dims[0].name,))
+    if isinstance(op, layers._ScatterAdd):
+        return Op("sum", inputs, output, tuple(d.name for d in op.inputs[1].shape.dims))
+    if isinstance(op, mtf.ops.BinaryOpWithBroadcasting) and op._tf_fn == tf.add:
+        return Op("add", inputs, output)
+    return Op("other", inputs, output)
+
+
+def _sum_later(op, pending, dims):
+    """Whether mesh-tf adds the partial sums of an addition before all-reducing them: both operands
+    pending over the same mesh axes, neither broadcast."""
+    return (all(t in pending for t in op.inputs) and len({tuple(pending[t][0]) for t in op.inputs}) == 1
+            and all(dims[t] == dims[op.output] for t in op.inputs))
+
+
+def _pairs(dims):
+    """Pairs of searched dimensions that meet in one tensor of dimensions `dims`."""
+    present = sorted(d.name for d in dims if d.name in SEARCHED_DIMS)
+    return itertools.combinations(present, 2)
+
+
+def training_graph(config):
+    """Build `config`'s training step in the current TF graph: (mtf graph, [loss] + gradients)."""
+    graph = mtf.Graph()
+    mesh = mtf.Mesh(graph, "auto_layout")
+    d = Dims.build(config.model, config.train.train_batch_size)
+    ids, targets = (mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32) for _ in range(2))
+    logits = gpt(ids, d, config.model, train=True, seed=config.data.seed)
+    loss, _ = token_losses(logits, targets, d, config.model.z_loss)
+    return graph, [loss] + gradients(loss, graph.trainable_variables)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search
+
+
+@dataclass(frozen=True)
+class Choice:
+    mesh_shape: Tuple[Tuple[str, int], ...]
+    layout: Tuple[Tuple[str, str], ...]
+    costs: Costs
+    memory: int         # bytes per device
+    fits: bool
+    candidates: int     # valid candidates compared
+
+    @property
+    def mesh_shape_string(self):
+        return _shape_string(self.mesh_shape)
+
+    @property
+    def layout_string(self):
+        return _layout_string(self.layout)
+
+
+def _shape_string(mesh_shape):
+    return ",".join("%s:%d" % pair for pair in mesh_shape)
+
+
+def _layout_string(layout):
+    return ",".join("%s:%s" % pair for pair in layout)
+
+
+def layouts_for_mesh(mesh_shape, step):
+    """Every layout of SEARCHED_DIMS over the mesh dimensions of `mesh_shape` (those of size > 1)
+    that keeps apart the dimensions `step` has in one tensor."""
+    mesh_dims = [name for name, size in mesh_shape if size > 1]
+    for choice in itertools.product([None] + mesh_dims, repeat=len(SEARCHED_DIMS)):
+        layout = {t: m for t, m in zip(SEARCHED_DIMS, choice) if m is not None}
+        if step.valid(layout):
+            yield tuple(layout.items())
+
+
+def meshes_and_layouts(devices, step, max_mesh_dims=len(MESH_DIM_NAMES)):
+    """Every (mesh_shape, layout) over `devices` positions: factorisations into at most
+    `max_mesh_dims` dimensions, each splitting at least one searched dimension. Mesh dimensions are
+    named x, y, ... with the batch's first, then by size; mirror images are generated once."""
+    if devices == 1:
+        yield (("x", 1),), ()
+        return
+    for factors in _factorisations(devices, max_mesh_dims):
+        for choice in itertools.product([None] + list(range(len(factors))), repeat=len(SEARCHED_DIMS)):
+            groups = [tuple(t for t, c in zip(SEARCHED_DIMS, choice) if c == k) for k in range(len(factors))]
+            if not all(groups):
+                continue
+            # Mesh dimensions of one size are interchangeable: keep their groups in one order only.
+            if any(factors[k] == factors[k + 1] and groups[k] > groups[k + 1] for k in range(len(factors) - 1)):
+                continue
+            order = sorted(range(len(factors)), key=lambda k: (names.BATCH not in groups[k], -factors[k], groups[k]))
+            mesh_shape = tuple((MESH_DIM_NAMES[i], factors[k]) for i, k in enumerate(order))
+            mesh_of = {t: MESH_DIM_NAMES[i] for i, k in enumerate(order) for t in groups[k]}
+            layout = tuple((t, mesh_of[t]) for t in SEARCHED_DIMS if t in mesh_of)
+            if step.valid(dict(layout)):
+                yield mesh_shape, layout
+
+
+def _factorisations(n, max_factors, largest=None):
+    """Non-increasing factor lists (each >= 2) with product n, at most max_factors long."""
+    largest = largest or n
+    if n == 1:
+        yield ()
+        return
+    if max_factors == 0:
+        return
+    for f in range(min(n, largest), 1, -1):
+        if n % f == 0:
+            for rest in _factorisations(n // f, max_factors - 1, f):
+                yield (f,) + rest
+
+
+def _with_mesh(config, mesh_shape, layout):
+    """`config` on this mesh and layout, or None if validation rejects it."""
+    candidate = dataclasses.replace(config, mesh=MeshConfig(mesh_shape=mesh_shape, layout=layout))
+    try:
+        validate(candidate)
+        check_batch_layout(candidate, "train")
+        if candidate.train.evaluates:  # as main.py checks before training
+            check_batch_layout(candidate, "eval")
+    except ConfigError:
+        return None
+    return candidate
+
+
+def search(config, with_mesh_shape=False, device_memory=DEFAULT_DEVICE_MEMORY):
+    """The best layout for `config` on its mesh_shape, or with `with_mesh_shape` the best mesh shape
+    and layout for as many devices as its mesh_shape has (see the module docstring)."""
+    with tf.Graph().as_default():
+        graph, outputs = training_graph(config)
+        step = StepOperations(graph, outputs)
+    pairs = meshes_and_layouts(config.mesh.size, step) if with_mesh_shape else \
+        ((config.mesh.mesh_shape, layout) for layout in layouts_for_mesh(config.mesh.mesh_shape, step))
+    candidates = [c for c in pairs if _with_mesh(config, *c)]
+    if not candidates:
+        raise ConfigError("no layout of %s over %s passes validation for %s; change the batch size or the mesh" % (
+            ", ".join(SEARCHED_DIMS), "%d devices" % config.mesh.size if with_mesh_shape
+            else "mesh_shape " + config.mesh.shape_string, config.name))
+    costs = {c: step.costs(*c) for c in candidates}
+    ranked = sorted(candidates, key=lambda c: (costs[c].step_cost, _shape_string(c[0]), _layout_string(c[1])))
+    memory = _Memory(config, candidates)
+    budget = USABLE * device_memory
+    if memory.least <= budget:
+        best = next(c for c in ranked if memory(c) <= budget)
+    else:
+        best = next(c for c in ranked if memory.is_least(c))
+    choice = Choice(best[0], best[1], costs[best], memory(best), memory(best) <= budget, len(candidates))
+    preflight(_with_mesh(config, choice.mesh_shape, choice.layout))
+    return choice
+
+
+class _Memory:
+    """Memory per device of candidates (trainer/memory.py), computed once per way of splitting.
+
+    A device's memory depends only on how many ways each dimension is split, and never grows
+    when a dimension is split further, so the least is found among the splits that no other
+    candidate's split exceeds.
+    """
+
+    def __init__(self, config, candidates):
+        self.step = training_step(config)
+        self.known = {}
+        by_split = {_split_key(c): c for c in candidates}
+        self.maximal = {k for k in by_split
+                        if not any(o != k and all(a >= b for a, b in zip(o, k)) for o in by_split)}
+        self.least = min(self(by_split[k]) for k in self.maximal)
+
+    def __call__(self, candidate):
+        key = _split_key(candidate)
+        if key not in self.known:
+            mesh_shape, layout = candidate
+            self.known[key] = DeviceMemory(self.step, _shape_string(mesh_shape), _layout_string(layout)).at().total
+        return self.known[key]
+
+    def is_least(self, candidate):
+        return _split_key(candidate) in self.maximal and self(candidate) == self.least
+
+
+def _split_key(candidate):
+    """Ways each searched dimension is split."""
+    mesh_shape, layout = candidate
+    sizes, mesh_of = dict(mesh_shape), dict(layout)
+    return tuple(sizes[mesh_of[t]] if t in mesh_of else 1 for t in SEARCHED_DIMS)
+
+
+def describe(config, choice, with_mesh_shape, device_memory):
+    """Lines saying what `search` compared and what the choice costs."""
+    where = "%d devices" % config.mesh.size if with_mesh_shape else "mesh_shape " + config.mesh.shape_string
+    lines = ["auto layout for %s on %s: %d valid candidates, ranked by step cost per device = einsum FLOPs + %d x "
+             "bytes sent, among those whose memory fits %d%% of %.4g GiB" % (
+                 config.name, where, choice.candidates, FLOPS_PER_BYTE, round(100 * USABLE), device_memory / GiB),
+             "chosen: per device and training step %.4g GiB of memory, %.4g TFLOP, %.4g GB sent" % (
+                 choice.memory / GiB, choice.costs.flops / 1e12, choice.costs.bytes_sent / 1e9)]
+    if not choice.fits:
+        lines.append("no candidate fits; this one needs the least memory: lower train_batch_size, set "
+                     "recompute_grad, use more devices, or give the devices' memory with --device_memory")
+    return lines
