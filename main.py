@@ -146,7 +146,11 @@ def make_model_path(path):
             f.write("ok")
         tf.io.gfile.remove(probe)
     except tf.errors.OpError as e:
-        raise ConfigError("cannot write to `model_path` %s: %s" % (path, e.message.splitlines()[0])) from None
+        reason = e.message.splitlines()[0]
+        bucket = "gs://%s/" % path[len("gs://"):].split("/")[0] if path.startswith("gs://") else None
+        if bucket and not tf.io.gfile.isdir(bucket):  # GCS's own message for it is cryptic
+            reason = "bucket %s does not exist (or these credentials cannot see it)" % bucket.rstrip("/")
+        raise ConfigError("cannot write to `model_path` %s: %s" % (path, reason)) from None
 
 
 def run(args):
@@ -230,6 +234,13 @@ def main(argv=None):
             raise
         detail = e.message[e.message.index("Data error:"):]
         print("error: %s" % detail[:detail.index("]")] if "]" in detail else detail, file=sys.stderr)
+        return 2
+    except tf.errors.DataLossError as e:
+        # A corrupt or truncated file met inside the graph (a TFRecord, or a checkpoint's data); the
+        # message's last line says what, without the file's name.
+        what = [line for line in e.message.splitlines() if line.strip() and not line.startswith("\t")][-1]
+        print("error: a data file is corrupt or truncated (%s); `--check_dataset` names bad TFRecords" % what,
+              file=sys.stderr)
         return 2
     return 0
 

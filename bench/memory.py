@@ -22,13 +22,13 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from trainer.config import ConfigError, load_config  # noqa: E402
-from trainer.memory import (GiB, PRECISIONS, TARGETS, USABLE, DeviceMemory, recommend,  # noqa: E402
+from trainer.config import PRECISIONS, ConfigError, load_config  # noqa: E402
+from trainer.memory import (GiB, TARGETS, USABLE, DeviceMemory, recommend,  # noqa: E402
                             training_step, training_steps)
 from trainer.preflight import preflight  # noqa: E402
 
-# The table's configs and the keys they need to load: the original trained 13B in bfloat16 with
-# microbatches, neither of which the trainer supports yet, so its row is float32 whole batches.
+# The table's configs and the keys they change: the original trained 13B in bfloat16 with
+# microbatches, which the estimate does not model, so its row is float32 whole batches.
 TABLE_CONFIGS = (
     ("gpt_neo_125M", {}),
     ("gpt_neo_1-3B", {}),

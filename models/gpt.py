@@ -13,6 +13,15 @@ from models.moe import moe
 from models.positions import position_embedding
 
 
+def variable_dtype(precision):
+    """The variables' dtypes for `precision` ("float32" or "bfloat16", as the original): bfloat16 stores
+    the weights (masters, so checkpoints) in bfloat16, keeps and updates the per-device slices in float32
+    so small updates are not rounded away, and computes in bfloat16 (attention logits and the loss in float32)."""
+    if precision == "bfloat16":
+        return mtf.VariableDType(master_dtype=tf.bfloat16, slice_dtype=tf.float32, activation_dtype=tf.bfloat16)
+    return mtf.VariableDType(tf.float32)
+
+
 def gpt(ids, d, model_config, train, seed, dtype=None):
     """Token ids [batch, sequence] -> logits [batch, sequence, vocab] (variables under `gpt2/`)."""
     return _forward(ids, d, model_config, train, seed, dtype)[0]

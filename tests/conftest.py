@@ -70,21 +70,34 @@ def sample_records(tmp_path_factory, gpt2_tokenizer):
     return records
 
 
+@pytest.fixture(scope="session")
+def sample_documents(tmp_path_factory):
+    """The sample corpus as documents-mode TFRecords (one record per document), train/ and val/."""
+    root = tmp_path_factory.mktemp("sample_documents")
+    for split in ("train", "val"):
+        create_tfrecords(os.path.join(SAMPLE, split + ".jsonl.zst"), str(root / split), "gpt2", name="docs",
+                         mode="documents", files_per=40)
+    return str(root)
+
+
+def write_dataset_config(tmp_path, name, root):
+    """tmp_path/dataset_configs/<name>.json: GPT-2 tokens in `root`/{train,val}/*.tfrecords (local or gs://)."""
+    (tmp_path / "dataset_configs").mkdir(exist_ok=True)
+    (tmp_path / "dataset_configs" / (name + ".json")).write_text(json.dumps({
+        "n_vocab": 50257, "path": root + "/train/*.tfrecords", "eval_path": root + "/val/*.tfrecords",
+        "tokenizer_path": "gpt2", "eos_id": 50256, "padding_id": 50256}))
+
+
 @pytest.fixture
 def make_config(tmp_path, sample_records):
-    """make_config(**overrides) -> path of a tiny model config (and its dataset config) in tmp_path."""
+    """make_config(**overrides) -> path of a tiny model config (and its dataset config "sample", on
+    `records_dir`) in tmp_path."""
 
     def make(name="tiny", records_dir=None, **overrides):
         raw = copy.deepcopy(TINY)
         raw["model_path"] = str(tmp_path / (name + "_model"))
         raw.update(overrides)
-        records_dir = records_dir or sample_records(raw["n_ctx"])
-        dataset_dir = tmp_path / "dataset_configs"
-        dataset_dir.mkdir(exist_ok=True)
-        (dataset_dir / "sample.json").write_text(json.dumps({
-            "n_vocab": 50257, "path": os.path.join(records_dir, "train", "*.tfrecords"),
-            "eval_path": os.path.join(records_dir, "val", "*.tfrecords"),
-            "tokenizer_path": "gpt2", "eos_id": 50256, "padding_id": 50256}))
+        write_dataset_config(tmp_path, "sample", records_dir or sample_records(raw["n_ctx"]))
         path = tmp_path / (name + ".json")
         path.write_text(json.dumps(raw))
         return str(path)

@@ -1,15 +1,19 @@
 """gs:// end to end against a real GCS emulator on 127.0.0.1 (no mocks): TensorFlow and
 google-cloud-storage share the bucket, the converter writes TFRecords there, and main.py trains,
-checkpoints, logs and resumes with its data and model directory in the bucket."""
+checkpoints and logs with its data and model directory in the bucket, is killed, resumes and samples."""
 import json
 import os
+import random
 import re
+import signal
 
 import pytest
 from conftest import SAMPLE, run_main, scalars
+from test_resilience import EVERY, Training, assert_losses_repeat, model_path, train_config
 
 from meshtf import tf
 from tfrecords_tools import create_tfrecords
+from trainer.checkpoints import latest_step
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a Python version:FutureWarning")  # google-api-core
 
@@ -94,49 +98,60 @@ def test_converter_writes_complete_tfrecords_to_gcs(gcs_records, client, tmp_pat
             assert count == int(RECORD_NAME.match(name).group(2))
 
 
-def gcs_config(make_config, tmp_path, records, model_path, **overrides):
-    """A tiny config training on `records`/{train,val}/*.tfrecords into `model_path` (gs:// or not)."""
-    path = make_config("gcs", records_dir=records, model_path=model_path, **overrides)
-    (tmp_path / "dataset_configs" / "sample.json").write_text(json.dumps({
-        "n_vocab": 50257, "tokenizer_path": "gpt2", "eos_id": 50256, "padding_id": 50256,
-        "path": records + "/train/*.tfrecords", "eval_path": records + "/val/*.tfrecords"}))
-    return path
-
-
 def events_steps(path, tag="loss"):
     return sorted(event.step for event in tf.train.summary_iterator(path)
                   for value in event.summary.value if value.tag == tag)
 
 
-def test_training_on_gcs_checkpoints_logs_and_resumes(gcs_bucket, gcs_records, client, make_config, tmp_path):
-    model = gcs_bucket + "/model"
-    assert run_main("--model", gcs_config(make_config, tmp_path, gcs_records, model)) == 0
-    names = object_names(client, "model/")
-    for name in ("model/checkpoint", "model/model.ckpt-10.index", "model/graph.pbtxt"):
-        assert name in names, names
-    assert any(n.startswith("model/model.ckpt-10.data-") for n in names), names
-    assert tf.train.latest_checkpoint(model) == model + "/model.ckpt-10"
-    first = scalars(model, "loss")
-    assert sorted(first) == list(range(1, 11))
-    first_events = set(tf.io.gfile.glob(model + "/events.out.tfevents.*"))
+def test_training_on_gcs_is_killed_resumes_and_samples(gcs_bucket, gcs_records, client, make_config, tmp_path):
+    """Data, checkpoints and TensorBoard events on gs://: a run killed with SIGKILL resumes from its gs://
+    checkpoint to the losses of an uninterrupted run, and --predict samples from the result."""
+    steps = 12
+    # Narrow (the emulator takes seconds per 20 MB checkpoint); an uninterrupted run on the same gs://
+    # records into a local model_path gives the expected losses.
+    narrow = dict(n_embd=8, n_head=2, train_steps=steps)
+    uninterrupted = train_config(make_config, "uninterrupted", records_dir=gcs_records, **narrow)
+    assert run_main("--model", uninterrupted, "--steps_per_checkpoint", str(EVERY)) == 0
+    expected = scalars(model_path(uninterrupted), "loss")
+    assert sorted(expected) == list(range(1, steps + 1))
 
-    assert run_main("--model", gcs_config(make_config, tmp_path, gcs_records, model, train_steps=20)) == 0
-    assert tf.train.latest_checkpoint(model) == model + "/model.ckpt-20"
-    new_events = set(tf.io.gfile.glob(model + "/events.out.tfevents.*")) - first_events
-    assert new_events
-    assert sorted(step for path in new_events for step in events_steps(path)) == list(range(11, 21))
-    both = scalars(model, "loss")
-    assert sorted(both) == list(range(1, 21))
-    assert {s: both[s] for s in first} == first
+    model = gcs_bucket + "/model"
+    config = train_config(make_config, "gcs", records_dir=gcs_records, model_path=model, **narrow)
+    run = Training(config, tmp_path / "killed.log")
+    at = random.Random(0).randrange(EVERY + 1, 2 * EVERY)
+    assert run.signal_when(lambda: run.step() >= at, signal.SIGKILL) == -signal.SIGKILL
+    assert latest_step(model) == EVERY
+    killed_events = set(tf.io.gfile.glob(model + "/events.out.tfevents.*"))
+
+    assert run_main("--model", config, "--steps_per_checkpoint", str(EVERY)) == 0
+    names = object_names(client, "model/")
+    for name in ("model/checkpoint", "model/model.ckpt-%d.index" % steps, "model/graph.pbtxt"):
+        assert name in names, names
+    assert any(n.startswith("model/model.ckpt-%d.data-" % steps) for n in names), names
+    assert tf.train.latest_checkpoint(model) == model + "/model.ckpt-%d" % steps
+    resumed_events = set(tf.io.gfile.glob(model + "/events.out.tfevents.*")) - killed_events
+    assert sorted(step for path in resumed_events for step in events_steps(path)) == list(range(EVERY + 1, steps + 1))
+    assert_losses_repeat(model, expected)
+
+    prompt = gcs_bucket + "/prompt.txt"
+    with tf.io.gfile.GFile(prompt, "w") as f:
+        f.write("The Python standard library")
+    assert run_main("--model", config, "--predict", "--prompt", prompt, "--max_new_tokens", "8",
+                    "--num_samples", "2") == 0
+    output = "%s/predictions_%d" % (model, steps)
+    samples = [json.loads(line) for line in tf.io.gfile.GFile(output + ".jsonl").read().splitlines()]
+    assert len(samples) == 2 and all(sample["tokens"] and sample["text"] for sample in samples), samples
+    text = tf.io.gfile.GFile(output + ".txt").read()
+    assert all(sample["prompt"] + sample["text"] in text for sample in samples)
 
 
 @pytest.mark.parametrize("where", ["model_path", "dataset"])
-def test_missing_bucket_is_a_one_line_error(gcs_bucket, gcs_records, make_config, tmp_path, capsys, where):
+def test_missing_bucket_is_a_one_line_error(gcs_bucket, gcs_records, make_config, capsys, where):
     missing = "gs://nosuchbucket/x"
     if where == "model_path":
-        config = gcs_config(make_config, tmp_path, gcs_records, missing + "/model")
+        config = make_config(records_dir=gcs_records, model_path=missing + "/model")
     else:
-        config = gcs_config(make_config, tmp_path, missing, gcs_bucket + "/model_missing_data")
+        config = make_config(records_dir=missing, model_path=gcs_bucket + "/model_missing_data")
     code = run_main("--model", config)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, run_main, scalars
+from conftest import run_main, scalars, write_dataset_config
 
 from inputs import generic_text
 from inputs.pipeline import DATA_STATE, input_fn_for
@@ -239,14 +239,6 @@ def known_records(tmp_path):
     return docs, chunks, other
 
 
-def write_dataset_config(tmp_path, name, root):
-    (tmp_path / "dataset_configs").mkdir(exist_ok=True)
-    (tmp_path / "dataset_configs" / (name + ".json")).write_text(json.dumps({
-        "n_vocab": 50257, "path": os.path.join(root, "train", "*.tfrecords"),
-        "eval_path": os.path.join(root, "val", "*.tfrecords"), "tokenizer_path": "gpt2",
-        "eos_id": EOS, "padding_id": EOS}))
-
-
 def generic_config(make_config, tmp_path, datasets, **overrides):
     # make_config also writes a "sample" dataset config; these tests name only their own datasets.
     return load_config(make_config(records_dir=str(tmp_path / "docs"), input_fn="generic_text", n_ctx=N_CTX,
@@ -399,16 +391,6 @@ def test_resuming_with_another_batch_size_is_refused(tmp_path, make_config, know
 
 # ---------------------------------------------------------------------------------------------
 # Real training runs on the sample corpus
-
-
-@pytest.fixture(scope="module")
-def sample_documents(tmp_path_factory):
-    """The sample corpus as documents-mode TFRecords (one record per document), train/ and val/."""
-    root = tmp_path_factory.mktemp("sample_documents")
-    for split in ("train", "val"):
-        create_tfrecords(os.path.join(SAMPLE, split + ".jsonl.zst"), str(root / split), "gpt2", name="docs",
-                         mode="documents", files_per=40)
-    return str(root)
 
 
 def losses(path):

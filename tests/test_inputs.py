@@ -1,13 +1,10 @@
 """The default `sequential_input` pipeline on real TFRecords: file order, record counts, resume
-positions, (inputs, labels) windows, and bad data reported through the real main.py."""
-import json
-import logging
+positions, (inputs, labels) windows. Bad data through the real main.py: tests/test_bad_inputs.py."""
 import os
 import random
 
 import numpy as np
 import pytest
-from conftest import run_main
 
 from inputs.pipeline import input_fn_for
 from inputs.sequential import (DataError, dataset, natural_sort_key, record_count, resume_position,
@@ -352,64 +349,3 @@ def test_dataset_rejects_token_ids_outside_the_vocabulary(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match="negative token id"):
         read_batches(lambda: dataset([negative], N_CTX, N_VOCAB, batch_size=1), 1)
 
-
-# ---------------------------------------------------------------------------------------------
-# Bad data through the real CLI
-
-
-@pytest.fixture(autouse=True)
-def _fresh_main_log_handler():
-    """main.py binds its log handler to the sys.stdout of its first call (here capsys's, closed after
-    the test); drop handlers added during a test so later runs of main.py log to their own stdout."""
-    log = logging.getLogger("gptneo")
-    before = list(log.handlers)
-    yield
-    for handler in list(log.handlers):
-        if handler not in before:
-            log.removeHandler(handler)
-
-
-def error_lines(stderr):
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def bad_records(tmp_path, records):
-    root = tmp_path / "bad"
-    name = "bad_0_%d.tfrecords" % len(records)
-    write_records(str(root / "train" / name), records)
-    write_records(str(root / "val" / name), records)
-    return str(root)
-
-
-def write_dataset_config(tmp_path, root):
-    """Our own dataset config next to the model config (replacing the one make_config wrote)."""
-    (tmp_path / "dataset_configs" / "sample.json").write_text(json.dumps({
-        "n_vocab": 50257, "tokenizer_path": "gpt2",
-        "path": os.path.join(root, "train", "*.tfrecords"), "eval_path": os.path.join(root, "val", "*.tfrecords")}))
-
-
-@pytest.mark.parametrize("records,message", [
-    ([list(range(1, 21))] * 4, "tokens, fewer than n_ctx + 1 = 33"),  # 20 tokens < n_ctx + 1 = 33
-    ([[11] * 20 + [60000] + [11] * 12] * 4, "ids must be < n_vocab = 50257"),  # 33 tokens, one id >= 50257
-], ids=["short-record", "id-outside-vocab"])
-def test_cli_bad_records_are_one_line_data_errors(tmp_path, make_config, capsys, records, message):
-    root = bad_records(tmp_path, records)
-    config = make_config("bad", records_dir=root, train_steps=2, iterations=1)
-    write_dataset_config(tmp_path, root)
-    assert run_main("--model", config) == 2
-    err = capsys.readouterr().err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    assert lines[0].startswith("error: Data error: ")
-    assert message in lines[0]
-
-
-def test_cli_dataset_glob_matching_nothing(tmp_path, make_config, capsys):
-    config = make_config("nothing", records_dir=str(tmp_path / "no_records"))
-    assert run_main("--model", config) == 2
-    err = capsys.readouterr().err
-    lines = error_lines(err)
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert "matches no files" in lines[0]
-    assert os.path.join(str(tmp_path / "no_records"), "train", "*.tfrecords") in lines[0]

@@ -11,7 +11,7 @@ from trainer.config import ConfigError, load_config
 from trainer.hardware import Hardware
 from trainer.memory import DeviceMemory, Target, recommend, training_step, training_steps
 from trainer.model_fn import build_model_fn
-from trainer.optimizer import minimize
+from trainer.optimizer import gradients, minimize
 
 DEVICES = 8
 
@@ -75,7 +75,8 @@ def tf_peak_bytes(config):
         ids = np.random.RandomState(0).randint(0, config.model.n_vocab, (batch, config.model.n_ctx))
         ids = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
         loss, _ = token_losses(gpt(ids, d, config.model, True, seed=1), ids, d, config.model.z_loss)
-        updates, _, _ = minimize(loss, graph, config.train, tf.constant(1, tf.int64))
+        variables = graph.trainable_variables
+        updates, _, _ = minimize(gradients(loss, variables), variables, config.train, tf.constant(1, tf.int64))
         lowering = mtf.Lowering(graph, {mesh: placement(config, 1)}, autostack=True)
         train_op = tf.group([lowering.lowered_operation(op) for op in updates])
         session_config = tf.ConfigProto(inter_op_parallelism_threads=1, intra_op_parallelism_threads=1)

@@ -1,4 +1,4 @@
-"""main.py --predict on a trained checkpoint: greedy equals HuggingFace's generate; outputs; bad prompts."""
+"""main.py --predict on a trained checkpoint: greedy equals HuggingFace's generate; outputs (bad prompts: tests/test_bad_inputs.py)."""
 import json
 import os
 
@@ -97,25 +97,6 @@ def test_default_output_goes_under_model_path(trained):
     assert run_main("--model", path, "--predict", "--max_new_tokens", "3") == 0
     assert tf.io.gfile.exists(os.path.join(raw["model_path"], "predictions_8.jsonl"))
     assert not os.path.exists("predictions_8.jsonl")
-
-
-@pytest.mark.parametrize("content,message", [
-    ("", "prompt 1 is empty"),
-    ("word " * 400, "tokens, but n_ctx is 320 and at least one must be generated; shorten it to 319"),
-    ('{"prompt": "fine"}\n{"nothing": 1}\n', "line 2 is not a JSON object with a \"prompt\" string"),
-], ids=["empty", "too-long", "bad-jsonl"])
-def test_bad_prompts_are_one_line_errors(trained, tmp_path, capsys, content, message):
-    path, _ = trained
-    prompt_file = tmp_path / ("p.jsonl" if content.startswith("{") else "p.txt")
-    prompt_file.write_text(content)
-    assert run_main("--model", path, "--predict", "--prompt", str(prompt_file)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
-
-
-def test_predict_without_checkpoint_is_an_error(make_config, capsys):
-    assert run_main("--model", make_config("fresh"), "--predict") == 2
-    assert "--predict: no checkpoint in" in capsys.readouterr().err
 
 
 def test_continuation_cuts_at_eos_and_limit():

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, make, run_main, scalar_events, scalars
+from conftest import REPO, TINY, make, run_main, scalar_events, scalars, write_dataset_config
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from test_model import v3_8_context
 
@@ -87,8 +87,21 @@ def assert_losses_repeat(path, expected):
                                rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides", [{}], ids=["sequential"])
-def test_kill_9_and_signals_at_random_steps_resume_to_the_same_losses(make_config, tmp_path, overrides):
+def input_overrides(mode, request, tmp_path):
+    """Config keys reading the sample corpus in an input mode of tests/test_input_modes.py."""
+    if mode == "sequential":  # the chunk records make_config gives, with sequential_input
+        return {}
+    documents = dict(input_fn="generic_text", records_dir=request.getfixturevalue("sample_documents"))
+    if mode == "documents_random":
+        return dict(documents, datasets=[["sample", 2, "documents_random", None]])
+    assert mode == "mixture"
+    write_dataset_config(tmp_path, "chunks", request.getfixturevalue("sample_records")(TINY["n_ctx"]))
+    return dict(documents, datasets=[["sample", 2, "documents_fixed", 1], ["chunks", None, "chunks", 1]])
+
+
+@pytest.mark.parametrize("mode", ["sequential", "documents_random", "mixture"])
+def test_kill_9_and_signals_at_random_steps_resume_to_the_same_losses(make_config, tmp_path, request, mode):
+    overrides = input_overrides(mode, request, tmp_path)
     reference = train_config(make_config, "reference", **overrides)
     assert run_main("--model", reference, "--steps_per_checkpoint", str(EVERY)) == 0
     expected = scalars(model_path(reference), "loss")
@@ -98,11 +111,25 @@ def test_kill_9_and_signals_at_random_steps_resume_to_the_same_losses(make_confi
     path = model_path(config)
     rng = random.Random(0)
 
-    at = rng.randrange(2, 9)
+    # The whole scenario with the sequential input; the generic_text inputs (whose resume skips into
+    # shuffle blocks, document crops and mixing choices) get one kill -9 after a checkpoint.
+    whole = mode == "sequential"
+    at = rng.randrange(2, 9) if whole else rng.randrange(EVERY + 1, 2 * EVERY)
     run = Training(config, tmp_path / "kill_at_step.log")
     assert run.signal_when(lambda: run.step() >= at, signal.SIGKILL) == -signal.SIGKILL
     assert latest_step(path) <= run.step()
+    if whole:
+        interrupt_in_a_save_and_with_sigterm(config, path, rng, tmp_path)
+    else:
+        assert latest_step(path) >= EVERY
 
+    assert run_main("--model", config, "--steps_per_checkpoint", str(EVERY)) == 0
+    assert latest_step(path) == STEPS
+    assert_losses_repeat(path, expected)
+
+
+def interrupt_in_a_save_and_with_sigterm(config, path, rng, tmp_path):
+    """Resume, kill -9 while the next checkpoint is written; resume, SIGTERM at a random step."""
     start = latest_step(path)
     run = Training(config, tmp_path / "kill_in_save.log")
     assert run.signal_when(lambda: checkpoint_being_written(path, start), signal.SIGKILL) == -signal.SIGKILL
@@ -114,10 +141,6 @@ def test_kill_9_and_signals_at_random_steps_resume_to_the_same_losses(make_confi
     stopped = int(re.search(r"SIGTERM: stopped with a checkpoint at step (\d+) in ", run.output()).group(1))
     # The checkpoint is at the step the run reached, whether or not a multiple of EVERY.
     assert stopped == run.step() >= at and latest_step(path) == stopped
-
-    assert run_main("--model", config, "--steps_per_checkpoint", str(EVERY)) == 0
-    assert latest_step(path) == STEPS
-    assert_losses_repeat(path, expected)
 
 
 def test_sigint_and_sigterm_set_a_flag_once_then_act_as_before():

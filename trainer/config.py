@@ -26,6 +26,7 @@ ATTENTION_KINDS = ("global", "local", "linear", "none")
 INPUT_FNS = ("sequential_input", "generic_text")
 SAMPLING_MODES = ("chunks", "documents_fixed", "documents_random")
 EVAL_TASKS = ("lambada",)
+PRECISIONS = ("float32", "bfloat16")  # see models.gpt.variable_dtype
 
 
 class ConfigError(ValueError):
@@ -55,8 +56,7 @@ class ModelConfig:
     z_loss: float = 1e-4
     precision: str = "float32"
     recompute_grad: bool = False
-    # Experimental features of the original: accepted with their defaults; other values are
-    # rejected in `_check_supported` until they are implemented.
+    # Experimental features of the original (validated in `_check_*`).
     mlm_training: bool = False  # masked-LM objective (inputs/mlm.py); attention sees both ways
     moe_layers: Optional[Tuple[int, ...]] = None
     moe_params: MoeParams = MoeParams()  # parsed from the key's JSON object (mesh-tf's hyper-parameters)
@@ -537,6 +537,8 @@ def validate(config):
         raise ConfigError("`train_steps`, `eval_steps` and `warmup_steps` must not be negative")
     if t.eval_steps > 0 and not t.eval_batch_size:
         raise ConfigError("`eval_steps` is %d but `eval_batch_size` is not set" % t.eval_steps)
+    if t.lr < 0:
+        raise ConfigError("`lr` must not be negative, got %g" % t.lr)
     if t.lr_decay not in (None, "linear", "cosine"):
         raise ConfigError("`lr_decay` must be \"linear\", \"cosine\" or null, got %r" % t.lr_decay)
     if t.opt_name.lower() not in ("adam", "adafactor"):
@@ -545,7 +547,8 @@ def validate(config):
     p = config.predict
     if p.temperature < 0 or p.top_k < 0 or not 0 < p.top_p <= 1 or p.num_samples < 1:
         raise ConfigError("sampling keys out of range: temperature >= 0 (0 = greedy), top_k >= 0 (0 = off), "
-                          "0 < top_p <= 1, num_samples >= 1")
+                          "0 < top_p <= 1, num_samples >= 1; got temperature %g, top_k %d, top_p %g, num_samples %d"
+                          % (p.temperature, p.top_k, p.top_p, p.num_samples))
     if p.predict_max_steps is not None and p.predict_max_steps < 1:
         raise ConfigError("`predict_max_steps` must be at least 1 (or null for up to n_ctx)")
     if t.opt_name.lower() == "adafactor" and t.weight_decay:
@@ -570,6 +573,7 @@ def validate(config):
     _check_attention_features(config)
     _check_block(config.model)
     _check_layout(config)
+    microbatches(config)
 
 
 def _check_datasets(data):
@@ -595,19 +599,37 @@ def _check_datasets(data):
 
 
 def _check_supported(config):
-    m, t = config.model, config.train
-    not_yet = []
-    if m.precision != "float32":
-        not_yet.append("precision=%s" % json.dumps(m.precision))
-    if t.tokens_per_mb_per_replica is not None:
-        not_yet.append("tokens_per_mb_per_replica=%d" % t.tokens_per_mb_per_replica)
-    if not_yet:
-        raise ConfigError("not supported by this version yet: %s; remove these keys (or use their "
-                          "defaults)" % "; ".join(not_yet))
+    m = config.model
+    if m.precision not in PRECISIONS:
+        raise ConfigError("`precision` must be one of %s, got %s (the original silently trained any other value "
+                          "in float32)" % (", ".join(map(json.dumps, PRECISIONS)), json.dumps(m.precision)))
     if m.activation_function not in (None, "gelu"):
         raise ConfigError("`activation_function` is %r, but GPT-Neo never read this key (its models "
                           "all use GELU); remove it, and set `activation_fn` to choose an activation"
                           % m.activation_function)
+
+
+def microbatches(config):
+    """Training microbatches per step: the tokens of one replica's batch (train_batch_size / the splits of
+    `batch` by `layout`, × n_ctx) / `tokens_per_mb_per_replica`, whose gradients a step sums; 1 without the key.
+
+    A microbatch holds whole examples, so the key must be a multiple of n_ctx dividing those tokens (the
+    original rounded other values down to such a multiple silently).
+    """
+    t, n_ctx = config.train, config.model.n_ctx
+    if t.tokens_per_mb_per_replica is None:
+        return 1
+    mesh_dim = config.mesh.mesh_dim_of(dims.BATCH)
+    replicas = dict(config.mesh.mesh_shape)[mesh_dim] if mesh_dim else 1
+    replica_batch = t.train_batch_size // replicas
+    tokens = replica_batch * n_ctx
+    if t.tokens_per_mb_per_replica <= 0 or t.tokens_per_mb_per_replica % n_ctx or tokens % t.tokens_per_mb_per_replica:
+        valid = [examples * n_ctx for examples in range(1, replica_batch + 1) if replica_batch % examples == 0]
+        raise ConfigError("`tokens_per_mb_per_replica` (%d) must be a multiple of n_ctx (%d) that divides the %d "
+                          "tokens of a replica's batch (train_batch_size %d over %d replica(s) of `batch`): one of %s"
+                          % (t.tokens_per_mb_per_replica, n_ctx, tokens, t.train_batch_size, replicas,
+                             ", ".join(map(str, valid))))
+    return tokens // t.tokens_per_mb_per_replica
 
 
 def _check_eval_tasks(config):

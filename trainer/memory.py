@@ -43,20 +43,13 @@ import numpy as np
 from meshtf import mtf, tf
 from models import dims as names
 from models.dims import Dims
-from models.gpt import gpt, token_losses
+from models.gpt import gpt, token_losses, variable_dtype
 from trainer.config import Config, ConfigError, MeshConfig, check_batch_layout, parse_layout, parse_mesh_shape, validate
 from trainer.optimizer import gradients, make_optimizer
 
 GiB = 2 ** 30
 # Share of a device's memory the estimate may use; the rest is for what it does not count.
 USABLE = 0.9
-
-# `precision` as the original: bfloat16 keeps masters in bfloat16, slices (and updates) in
-# float32 and computes in bfloat16. The trainer accepts only float32 so far.
-PRECISIONS = {
-    "float32": mtf.VariableDType(tf.float32),
-    "bfloat16": mtf.VariableDType(master_dtype=tf.bfloat16, slice_dtype=tf.float32, activation_dtype=tf.bfloat16),
-}
 
 
 @dataclass(frozen=True)
@@ -82,7 +75,7 @@ class TrainingStep:
 
 def training_step(config, precision="float32"):
     """Build the training step of `config` symbolically and record its variables and tensors."""
-    dtype = PRECISIONS[precision]
+    dtype = variable_dtype(precision)
     with tf.Graph().as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "memory")

@@ -4,11 +4,12 @@ from tensorflow_estimator.python.estimator.tpu.tpu_estimator import TPUEstimator
 
 from meshtf import mtf, tf
 from models.dims import Dims
-from models.gpt import gpt, gpt_losses
+from models.gpt import gpt, gpt_losses, variable_dtype
 from models.sampling import generate
 from trainer import checkpoints, evaluation, hooks
+from trainer.config import microbatches
 from trainer.hardware import mesh_implementation
-from trainer.optimizer import minimize
+from trainer.optimizer import loss_and_gradients, minimize
 from trainer.spikes import LossSpikes
 
 MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
@@ -16,6 +17,10 @@ MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "pred
 
 def build_model_fn(config, hardware, steps_per_checkpoint):
     throughput = hooks.Throughput(config, hardware)
+    # Training and evaluation compute in the config's precision; sampling and export in float32 (a
+    # bfloat16 checkpoint's weights are cast at restore).
+    dtype = variable_dtype(config.model.precision)
+    num_microbatches = microbatches(config)
 
     def model_fn(features, labels, mode, params):
         mode_name = MODES[mode]
@@ -41,15 +46,20 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         shape = mtf.Shape([d.batch, d.sequence])
         ids = mtf.import_fully_replicated(mesh, features, shape, name="ids")
         targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
-        loss, _, _ = gpt_losses(ids, targets, d, config.model, True, config.data.seed)
-        return _train_spec(loss, mesh, mesh_impl, step)
+        loss, grads = loss_and_gradients(_train_loss, [ids, targets], d.batch, num_microbatches)
+        return _train_spec(loss, grads, mesh, mesh_impl, step)
 
-    def _train_spec(loss, mesh, mesh_impl, step):
+    def _train_loss(ids, targets):
+        """The loss of a batch or microbatch (whose dimension `batch` is smaller)."""
+        d = Dims.build(config.model, ids.shape.dims[0].size)
+        return gpt_losses(ids, targets, d, config.model, True, config.data.seed, dtype)[0]
+
+    def _train_spec(loss, grads, mesh, mesh_impl, step):
         global_step = tf.train.get_or_create_global_step()
         spikes = LossSpikes(config, checkpoints.latest_step(config.model_path)) \
             if config.train.skip_loss_spike_factor else None
         applies = spikes.applies(loss) if spikes else None
-        updates, lr, grad_norm = minimize(loss, mesh.graph, config.train, step, applies)
+        updates, lr, grad_norm = minimize(grads, mesh.graph.trainable_variables, config.train, step, applies)
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         tf_loss = tf.cast(lowering.export_to_tf_tensor(loss), tf.float32)
         step_ops = [lowering.lowered_operation(op) for op in updates]
@@ -74,7 +84,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         shape = mtf.Shape([d.batch, d.sequence])
         ids = mtf.import_fully_replicated(mesh, features["ids"], shape, name="ids")
         targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
-        loss, cross_entropy, logits = gpt_losses(ids, targets, d, config.model, False, config.data.seed)
+        loss, cross_entropy, logits = gpt_losses(ids, targets, d, config.model, False, config.data.seed, dtype)
         if "target_mask" in features:
             target_mask = mtf.import_fully_replicated(mesh, features["target_mask"], shape, name="target_mask")
             loss, outputs = evaluation.lambada_outputs(cross_entropy, logits, targets, target_mask, d)

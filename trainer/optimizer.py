@@ -91,20 +91,47 @@ def gradients(loss, variables):
     return [mtf.to_float(g) for g in grads]
 
 
-def minimize(loss, graph, train_config, global_step, applies=None):
-    """Gradients, optional clipping and the optimizer's update ops; returns (updates, lr, grad norm).
+def loss_and_gradients(loss_fn, inputs, batch_dim, num_microbatches):
+    """(loss, float32 gradients of the trainable variables) of `loss_fn(*inputs)`, a mean over `batch_dim`
+    (dimension 0 of every input; a microbatch's is named alike but smaller).
+
+    With num_microbatches > 1 the batch runs as that many microbatches one after another (a mtf while
+    loop), so only one microbatch's activations are alive at a time; each one's loss is divided by
+    num_microbatches, and loss and gradients are summed over them: the means over the whole batch.
+    Gradients are summed in float32 (mtf.serialize_training_step would sum bfloat16 ones).
+    """
+    graph = inputs[0].graph
+    if num_microbatches == 1:
+        loss = loss_fn(*inputs)
+        return loss, gradients(loss, graph.trainable_variables)
+    microbatch_dim = mtf.Dimension("microbatch", num_microbatches)
+    smaller_batch_dim = mtf.Dimension(batch_dim.name, batch_dim.size // num_microbatches)
+
+    def body(i):
+        # Microbatch i is rows i, i + n, i + 2n, ... (n microbatches): rows of each replica's own
+        # contiguous share of the batch when `batch` is split over the mesh, so nothing moves between devices.
+        sliced = [mtf.gather(mtf.replace_dimensions(x, batch_dim, [smaller_batch_dim, microbatch_dim]),
+                             i, microbatch_dim) for x in inputs]
+        loss = loss_fn(*sliced) / num_microbatches
+        # Building the body creates the model's variables (mtf moves them out of the loop).
+        return [i + 1, loss] + gradients(loss, graph.trainable_variables)
+
+    outputs = mtf.while_loop(lambda i: mtf.less(i, num_microbatches), body,
+                             [mtf.constant(inputs[0].mesh, 0, dtype=tf.int32)], has_accumulators=True)
+    return outputs[1], outputs[2:]
+
+
+def minimize(grads, variables, train_config, global_step, applies=None):
+    """Optional clipping of `grads` (of `variables`) and the optimizer's update ops; returns (updates, lr, grad norm).
 
     `applies`: an mtf scalar, 0.0 to leave the variables as they are (Adam only, see trainer/spikes.py).
     """
-    variables = graph.trainable_variables
-    grads = gradients(loss, variables)
     norm = global_norm(grads)
     clip = train_config.gradient_clipping
     if clip:  # g * clip / max(||g||, clip) over all gradients together
         grads = [g * (clip / mtf.maximum(norm, clip)) for g in grads]
     lr = learning_rate(train_config, global_step)
-    mesh = loss.mesh
-    mtf_lr = mtf.import_fully_replicated(mesh, lr, mtf.Shape([]), name="learning_rate")
+    mtf_lr = mtf.import_fully_replicated(norm.mesh, lr, mtf.Shape([]), name="learning_rate")
     optimizer = make_optimizer(train_config, mtf_lr, applies)
     updates = optimizer.apply_grads(grads, variables)
     return updates, lr, norm

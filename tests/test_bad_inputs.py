@@ -1,0 +1,283 @@
+"""Bad inputs through the real entry points (main.py, tfrecords_tools): each gives exit status 2, one
+`error: ...` line with the message README.md shows, and no traceback.
+
+ROWS is the README's table "Bad inputs and their messages": `python tests/test_bad_inputs.py` prints it,
+and test_readme_table_is_current fails when the README's copy differs. In a message, `...` stands for text
+that varies (a TensorFlow or JSON detail, a list) and `<dir>` for the directory of the example's files.
+"""
+import collections
+import json
+import os
+import re
+import shutil
+
+import pytest
+from conftest import REPO, TINY, run_main, write_dataset_config
+from test_inputs import write_records
+
+import main as main_py
+from tfrecords_tools import check_dataset, create_tfrecords
+
+Row = collections.namedtuple("Row", "id input example message run")
+Row.__doc__ = """id: test id; input: what is wrong; example: how to produce it (README); message: the error
+line after `error: `; run: run(env) -> exit status, reproducing the example."""
+
+GOOD_RECORD = list(range(1, 34))  # n_ctx + 1 = 33 tokens
+SMALL = dict(n_layer=1, n_embd=8, n_head=1, attention_types=[[["global"], 1]])  # for runs that build a graph
+
+
+class Env:
+    """What a row's `run` needs: configs and files in the test's tmp_path, runs of the entry points."""
+
+    def __init__(self, request, tmp_path, make_config):
+        self.request, self.tmp, self.make_config = request, tmp_path, make_config
+
+    def path(self, name):
+        return str(self.tmp / name)
+
+    def file(self, name, text):
+        (self.tmp / name).write_text(text)
+        return self.path(name)
+
+    def config(self, drop=(), dataset=None, **overrides):
+        """A tiny config (conftest.make_config) with `overrides`, without the keys in `drop`; `dataset`:
+        fields changed in its dataset config."""
+        path = self.make_config(**overrides)
+        raw = json.load(open(path))
+        for key in drop:
+            del raw[key]
+        if dataset:
+            dataset_path = self.tmp / "dataset_configs" / "sample.json"
+            dataset_path.write_text(json.dumps(dict(json.loads(dataset_path.read_text()), **dataset)))
+        return self.file("tiny.json", json.dumps(raw))
+
+    def records(self, records, damage=None):
+        """A config training 2 steps on `records` (token lists) in <dir>/bad/{train,val}/; `damage(path)`
+        then changes each file."""
+        root = self.path("bad")
+        for split in ("train", "val"):
+            path = write_records(os.path.join(root, split, "bad_0_%d.tfrecords" % len(records)), records)
+            if damage:
+                damage(path)
+        return self.config(records_dir=root, train_steps=2, iterations=1, **SMALL)
+
+    def trained(self, **overrides):
+        """A config whose model_path <dir>/trained holds a copy of the module's 1-step checkpoint."""
+        model_path = self.path("trained")
+        shutil.copytree(self.request.getfixturevalue("trained_model"), model_path)
+        return self.config(model_path=model_path, **dict(SMALL, **overrides))
+
+    def main(self, *argv):
+        return self.tool(main_py.main, *argv)
+
+    @staticmethod
+    def tool(main, *argv):
+        """main(argv)'s exit status, also when argparse exits."""
+        try:
+            return main(list(argv))
+        except SystemExit as e:
+            return e.code
+
+
+def flip_byte(path, offset=20):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+def keep_bytes(count):
+    return lambda path: os.truncate(path, count)
+
+
+def predict_after_cutting_indexes(env):
+    config = env.trained()
+    for name in os.listdir(env.path("trained")):
+        if name.endswith(".index"):
+            os.truncate(os.path.join(env.path("trained"), name), 10)
+    return env.main("--model", config, "--predict")
+
+
+def train_into_missing_bucket(env):
+    env.request.getfixturevalue("gcs_bucket")  # the GCS emulator (the test skips without it)
+    return env.main("--model", env.config(model_path="gs://nosuchbucket/model"))
+
+
+ROWS = [
+    # Configs
+    Row("malformed-json", "malformed JSON", "`--model broken.json` holding `{\"n_ctx\": 32,,}`",
+        "model config <dir>/broken.json is not valid JSON: Expecting property name enclosed in double quotes "
+        "(line 1, column 14)",
+        lambda env: env.main("--model", env.file("broken.json", '{"n_ctx": 32,,}'))),
+    Row("unknown-config-name", "misspelled config name", "`--model gpt_neo_125m`",
+        "no model config named 'gpt_neo_125m' in .../configs; did you mean 'gpt_neo_125M'?",
+        lambda env: env.main("--model", "gpt_neo_125m")),
+    Row("misspelled-key", "unknown or misspelled key", "`\"n_heads\": 4`",
+        "unknown config key `n_heads`; did you mean 'n_head'?",
+        lambda env: env.main("--model", env.config(n_heads=4))),
+    Row("missing-key", "required key missing", "no `model_path`",
+        "model config tiny is missing required key(s): model_path",
+        lambda env: env.main("--model", env.config(drop=["model_path"]))),
+    Row("wrong-type", "wrong type", "`\"n_layer\": \"2\"`",
+        "model config key `n_layer` must be an integer, got \"2\" (str)",
+        lambda env: env.main("--model", env.config(n_layer="2"))),
+    Row("wrong-shape", "wrong structure", "`\"datasets\": \"sample\"`",
+        "`datasets` must be a list of dataset ids or [id, stitch, sampling_mode, weight] lists",
+        lambda env: env.main("--model", env.config(datasets="sample"))),
+    Row("zero-size", "impossible size", "`\"n_head\": 0`", "`n_head` must be at least 1, got 0",
+        lambda env: env.main("--model", env.config(n_head=0))),
+    Row("heads-do-not-divide", "impossible size", "`\"n_embd\": 30, \"n_head\": 4`",
+        "`n_embd` (30) must be divisible by `n_head` (4): head size = n_embd / n_head",
+        lambda env: env.main("--model", env.config(n_embd=30))),
+    Row("negative-lr", "impossible value", "`\"lr\": -1`", "`lr` must not be negative, got -1",
+        lambda env: env.main("--model", env.config(lr=-1))),
+    Row("unknown-attention", "unknown choice", "`\"attention_types\": [[[\"glob\"], 2]]`",
+        "unknown attention type 'glob' in `attention_types`; use one of global, local, linear, none; did you "
+        "mean 'global'?",
+        lambda env: env.main("--model", env.config(attention_types=[[["glob"], 2]]))),
+    Row("unknown-optimizer", "unknown choice", "`\"opt_name\": \"sgd\"`",
+        "`opt_name` must be \"adam\" or \"adafactor\", got 'sgd' (the original silently chose Adafactor for "
+        "any other value)",
+        lambda env: env.main("--model", env.config(opt_name="sgd"))),
+    # Mesh and layout
+    Row("mesh-larger-than-devices", "mesh larger than the devices", "`\"mesh_shape\": \"x:2\"`, `--gpu_ids /gpu:0`",
+        "`mesh_shape` x:2 has 2 positions but --gpu_ids lists 1 device(s); give one device per mesh position "
+        "or change mesh_shape",
+        lambda env: env.main("--model", env.config(mesh_shape="x:2"), "--gpu_ids", "/gpu:0")),
+    Row("layout-unknown-dim", "layout naming an unknown dimension", "`\"layout\": \"batch:x,foo:x\"`",
+        "`layout` names 'foo', which is not a model dimension (known: batch, sequence, ...)",
+        lambda env: env.main("--model", env.config(layout="batch:x,foo:x"))),
+    Row("layout-unknown-mesh-dim", "layout naming an unknown mesh dimension", "`\"layout\": \"batch:y\"`",
+        "`layout` puts 'batch' on mesh dimension 'y', but `mesh_shape` (x:1) has no such dimension",
+        lambda env: env.main("--model", env.config(layout="batch:y"))),
+    Row("layout-does-not-divide", "split that does not divide", "`\"mesh_shape\": \"x:8\"`, `\"train_batch_size\": 4`",
+        "`layout` splits 'batch' (size 4) over mesh dimension 'x' of size 8, which does not divide it; change "
+        "the config size or `mesh_shape`",
+        lambda env: env.main("--model", env.config(mesh_shape="x:8"))),
+    # Dataset configs
+    Row("missing-dataset-config", "unknown dataset", "`\"datasets\": [\"nosuch\"]`",
+        "dataset 'nosuch' has no config: looked for nosuch.json in <dir>/dataset_configs, ...",
+        lambda env: env.main("--model", env.config(datasets=["nosuch"]))),
+    Row("n_vocab-too-small", "model vocabulary smaller than the data's", "`\"n_vocab\": 1000` on GPT-2 tokens",
+        "dataset 'sample' was encoded with n_vocab 50257 but the model's `n_vocab` is 1000; set n_vocab >= 50257",
+        lambda env: env.main("--model", env.config(n_vocab=1000))),
+    Row("missing-tokenizer", "missing tokenizer", "dataset config `\"tokenizer_path\": \"<dir>/nothere.json\"`",
+        "tokenizer_path <dir>/nothere.json does not exist (give a tokenizers JSON file, a directory with "
+        "vocab.json + merges.txt, or \"gpt2\")",
+        lambda env: env.main("--model", env.config(dataset={"tokenizer_path": env.path("nothere.json")}))),
+    # Flags
+    Row("bad-flag-value", "flag out of range", "`--steps_per_checkpoint 0`",
+        "--steps_per_checkpoint must be at least 1",
+        lambda env: env.main("--model", env.config(), "--steps_per_checkpoint", "0")),
+    Row("bad-sampling-flag", "sampling flag out of range", "`--predict --top_k -1`",
+        "sampling keys out of range: temperature >= 0 (0 = greedy), top_k >= 0 (0 = off), 0 < top_p <= 1, "
+        "num_samples >= 1; got temperature 0.9, top_k -1, top_p 1, num_samples 1",
+        lambda env: env.main("--model", env.config(), "--predict", "--top_k", "-1")),
+    # Data
+    Row("glob-matches-nothing", "dataset glob matching nothing", "`\"path\": \"<dir>/none/train/*.tfrecords\"`",
+        "dataset `path` glob <dir>/none/train/*.tfrecords matches no files; check the dataset config's path or "
+        "create the TFRecords first",
+        lambda env: env.main("--model", env.config(records_dir=env.path("none")))),
+    Row("corrupt-tfrecord", "corrupt TFRecord", "a flipped byte in a record",
+        "a data file is corrupt or truncated (corrupted record at 12); `--check_dataset` names bad TFRecords",
+        lambda env: env.main("--model", env.records([GOOD_RECORD] * 4, flip_byte))),
+    Row("truncated-tfrecord", "truncated TFRecord", "a file cut inside its first record",
+        "a data file is corrupt or truncated (truncated record at 0...); `--check_dataset` names bad TFRecords",
+        lambda env: env.main("--model", env.records([GOOD_RECORD] * 4, keep_bytes(50)))),
+    Row("short-record", "record shorter than n_ctx + 1", "20-token records, `\"n_ctx\": 32`",
+        "Data error: a TFRecord record has 20 tokens, fewer than n_ctx + 1 = 33; re-create the TFRecords with "
+        "--chunk_size 32 or more",
+        lambda env: env.main("--model", env.records([list(range(1, 21))] * 4))),
+    Row("id-outside-vocab", "token id >= n_vocab", "a token 60000 with `\"n_vocab\": 50257`",
+        "Data error: a TFRecord holds token id 60000, but ids must be < n_vocab = 50257: the data was encoded "
+        "with a larger vocabulary; raise n_vocab or re-encode the data",
+        lambda env: env.main("--model", env.records([[11] * 20 + [60000] + [11] * 12] * 4))),
+    Row("check-dataset-no-files", "`check_dataset` glob matching nothing",
+        "`python -m tfrecords_tools.check_dataset \"<dir>/*.tfrecords\"`", "<dir>/*.tfrecords matches no files",
+        lambda env: env.tool(check_dataset.main, env.path("*.tfrecords"))),
+    Row("create-tfrecords-no-input", "`create_tfrecords` input missing",
+        "`python -m tfrecords_tools.create_tfrecords --input_dir <dir>/nothere.jsonl.zst ...`",
+        "no input files at <dir>/nothere.jsonl.zst (expected files ending in .jsonl.zst, ...)",
+        lambda env: env.tool(create_tfrecords.main, "--input_dir", env.path("nothere.jsonl.zst"),
+                             "--output_dir", env.path("out"), "--name", "x")),
+    # Prompts
+    Row("empty-prompt", "empty prompt", "`--predict --prompt p.txt`, p.txt empty",
+        "prompt 1 is empty: give at least one token of text",
+        lambda env: env.main("--model", env.trained(), "--predict", "--prompt", env.file("p.txt", ""))),
+    Row("prompt-too-long", "prompt too long", "`--predict --prompt p.txt`, 40 words, `\"n_ctx\": 32`",
+        "prompt 1 has 41 tokens, but n_ctx is 32 and at least one must be generated; shorten it to 31 tokens",
+        lambda env: env.main("--model", env.trained(), "--predict", "--prompt", env.file("p.txt", "word " * 40))),
+    Row("bad-prompt-jsonl", "malformed prompt file", "`--prompt p.jsonl` with a line `{\"nothing\": 1}`",
+        "<dir>/p.jsonl line 2 is not a JSON object with a \"prompt\" string",
+        lambda env: env.main("--model", env.trained(), "--predict", "--prompt",
+                             env.file("p.jsonl", '{"prompt": "fine"}\n{"nothing": 1}\n'))),
+    Row("missing-prompt-file", "missing prompt file", "`--predict --prompt nothere.txt`",
+        "--prompt file <dir>/nothere.txt does not exist",
+        lambda env: env.main("--model", env.trained(), "--predict", "--prompt", env.path("nothere.txt"))),
+    # Checkpoints and paths
+    Row("predict-without-checkpoint", "predict without a checkpoint", "`--predict` on an empty `model_path`",
+        "--predict: no checkpoint in <dir>/tiny_model; train first or fix `model_path`",
+        lambda env: env.main("--model", env.config(), "--predict")),
+    Row("checkpoint-of-another-config", "checkpoint of another config", "`\"n_embd\": 64` on a checkpoint of 8",
+        "<dir>/trained/model.ckpt-1 was written by a different model config (... differ in shape: gpt2/wte is "
+        "[50257, 8] there and [50257, 64] here, ...); use a `model_path` of its own for this config",
+        lambda env: env.main("--model", env.trained(n_embd=64))),
+    Row("incomplete-checkpoint", "only incomplete checkpoints", "`--predict` after each `.index` was cut short",
+        "no complete checkpoint in <dir>/trained (model.ckpt-1: its index <dir>/trained/model.ckpt-1.index is "
+        "missing or unreadable (...); model.ckpt-0: ...); restore the files, or delete them and the `checkpoint` "
+        "file to start over",
+        predict_after_cutting_indexes),
+    Row("unwritable-model-path", "unwritable `model_path`", "`\"model_path\": \"<dir>/a_file/model\"`",
+        "cannot write to `model_path` <dir>/a_file/model: <dir>/a_file is not a directory",
+        lambda env: env.main("--model", env.config(model_path=env.file("a_file", "") + "/model"))),
+    Row("missing-bucket", "missing bucket", "`\"model_path\": \"gs://nosuchbucket/model\"`",
+        "cannot write to `model_path` gs://nosuchbucket/model: bucket gs://nosuchbucket does not exist (or these "
+        "credentials cannot see it)",
+        train_into_missing_bucket),
+]
+
+
+def message_pattern(message, directory):
+    """The regular expression of a row's message: `...` matches anything, `<dir>` the test's directory."""
+    parts = re.split(r"(\.\.\.|<dir>)", message)
+    return "".join(".*" if p == "..." else re.escape(directory) if p == "<dir>" else re.escape(p) for p in parts)
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory, sample_records):
+    """A model_path with a checkpoint of one training step of the tiny config made SMALL."""
+    root = tmp_path_factory.mktemp("bad_inputs_trained")
+    write_dataset_config(root, "sample", sample_records(TINY["n_ctx"]))
+    raw = dict(TINY, **SMALL, train_steps=1, iterations=1, model_path=str(root / "model"))
+    (root / "tiny.json").write_text(json.dumps(raw))
+    assert run_main("--model", str(root / "tiny.json")) == 0
+    return raw["model_path"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+def test_bad_input_is_one_error_line(row, request, tmp_path, make_config, capsys):
+    code = row.run(Env(request, tmp_path, make_config))
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "error: " in line]
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err + out, err
+    message = lines[0].split("error: ", 1)[1]
+    assert re.fullmatch(message_pattern(row.message, str(tmp_path)), message), message
+
+
+def readme_table():
+    lines = ["| input | example | message |", "|---|---|---|"]
+    for row in ROWS:
+        lines.append("| %s | %s | `` error: %s `` |" % (row.input, row.example, row.message.replace("|", "\\|")))
+    return "\n".join(lines) + "\n"
+
+
+def test_readme_table_is_current():
+    assert len(ROWS) >= 25 and len({row.id for row in ROWS}) == len(ROWS)
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert readme_table() in readme, "README.md's bad-input table is stale: python tests/test_bad_inputs.py prints it"
+
+
+if __name__ == "__main__":
+    print(readme_table(), end="")
