@@ -92,17 +92,23 @@ def v3_8_context():
                                  tpu_host_placement_function=lambda host_id: "/task:%d/device:CPU:0" % host_id)
 
 
+def tpu_training_step_ops(config):
+    """Build `config`'s training step for --tpu on a v3-8 in the current graph (batch 8, n_ctx 16);
+    return the graph's ops."""
+    model_fn = build_model_fn(config, Hardware("tpu", tpu_name="my-tpu"), steps_per_checkpoint=100)
+    features = tf.zeros([8, 16], tf.int32)
+    spec = model_fn(features, features, ModeKeys.TRAIN, {"context": v3_8_context()})
+    assert spec.loss.shape.as_list() == [] and spec.train_op is not None
+    return tf.get_default_graph().get_operations()
+
+
 def test_training_graph_lowers_on_the_tpu_simd_mesh(tmp_path):
     """What a CPU can check of the TPU path: our model_fn builds the whole training step
     (SIMD lowering, host variable placement, optimizer, saver, summaries, dropout) for --tpu."""
     config = make("x:2,y:4", "batch:x,heads:y,vocab:y", n_ctx=16, local_attention_radius=4,
                   train_batch_size=8, model_path=str(tmp_path), attn_dropout=0.1, res_dropout=0.1)
-    model_fn = build_model_fn(config, Hardware("tpu", tpu_name="my-tpu"), steps_per_checkpoint=100)
     with tf.Graph().as_default():
-        features = tf.zeros([8, 16], tf.int32)
-        spec = model_fn(features, features, ModeKeys.TRAIN, {"context": v3_8_context()})
-        assert spec.loss.shape.as_list() == [] and spec.train_op is not None
-        ops = tf.get_default_graph().get_operations()
+        ops = tpu_training_step_ops(config)
         # SIMD lowering: one program for all 8 cores, which reads its core number from the TPU.
         assert any(op.type == "TPUReplicatedInput" for op in ops)
         # Dropout masks come from stateless generators (trainer/hardware.py).
