@@ -171,6 +171,7 @@ BAD_VALUES = [
                  r"^`attention_types` expands to 4 layers but `n_layer` is 2", id="attention-too-long"),
     pytest.param({"model": "GPT2"}, r"^`model` must be \"GPT\" \(the only model GPT-Neo has\), got 'GPT2'$",
                  id="model"),
+    pytest.param({"seed": 2 ** 31}, r"^`seed` must be between 0 and 2147483647, got 2147483648$", id="seed-too-big"),
     pytest.param({"train_steps": -1}, r"^`train_steps`, `eval_steps` and `warmup_steps` must not be negative$",
                  id="negative-steps"),
     pytest.param({"eval_steps": 5, "eval_batch_size": None},

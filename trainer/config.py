@@ -539,6 +539,9 @@ def validate(config):
         raise ConfigError("`eval_steps` is %d but `eval_batch_size` is not set" % t.eval_steps)
     if t.lr < 0:
         raise ConfigError("`lr` must not be negative, got %g" % t.lr)
+    # Random ops are keyed by int32 seeds (TPUs take no wider keys).
+    if not 0 <= d.seed < 2 ** 31:
+        raise ConfigError("`seed` must be between 0 and 2147483647, got %d" % d.seed)
     if t.lr_decay not in (None, "linear", "cosine"):
         raise ConfigError("`lr_decay` must be \"linear\", \"cosine\" or null, got %r" % t.lr_decay)
     if t.opt_name.lower() not in ("adam", "adafactor"):
