@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install
+.PHONY: demo test journey install
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,8 @@ demo: build/sample/train
 # Installs need the network; the tests run without it (tests/isolated.sh: loopback only).
 test: $(VENV)/.installed
 	tests/isolated.sh $(PY) -m pytest -q tests
+
+# The whole user-journey matrix (every config x data kind x printed layout x mode; tests/test_journey.py),
+# about an hour on 2 cores; its table goes to build/journey_table.md.
+journey: $(VENV)/.installed
+	tests/isolated.sh $(PY) -m pytest -q -m journey tests/test_journey.py

@@ -33,13 +33,13 @@ import re
 import shutil
 import struct
 import sys
-import tempfile
+import uuid
 import zipfile
 
 import numpy as np
 
 from meshtf import tf
-from trainer.config import Config, ConfigError, expand_attention_types, load_config, read_json
+from trainer.config import Config, ConfigError, expand_attention_types, load_config, parse_overrides, read_json
 
 BFLOAT16 = tf.bfloat16.as_numpy_dtype
 MASTER_DTYPES = {"float32": np.float32, "bfloat16": BFLOAT16}
@@ -134,12 +134,12 @@ def export_hf(checkpoint, config, output_dir, vocab_size=None):
     """Write `output_dir/config.json` and `output_dir/model.safetensors` from one of our checkpoints.
 
     checkpoint: a checkpoint prefix (".../model.ckpt-1000") or a directory (its newest checkpoint).
-    config: the model's `trainer.config.Config`, or a config name/path for `load_config`.
+    config: the model's `trainer.config.Config`, or a config name/path for `load_model_config`.
     vocab_size: rows of wte to keep (default n_vocab), e.g. 50257 of a vocab padded to 50304.
     Returns the checkpoint prefix that was exported.
     """
     if not isinstance(config, Config):
-        config = load_config(config)
+        config = load_model_config(config)
     m = config.model
     _check_exportable(m)
     vocab_size = m.n_vocab if vocab_size is None else vocab_size
@@ -164,6 +164,13 @@ def export_hf(checkpoint, config, output_dir, vocab_size=None):
                           metadata={"format": "pt"})  # what save_pretrained writes, from_pretrained checks
         write_json(os.path.join(staging, "config.json"), hf_config(config, vocab_size))
     return prefix
+
+
+def load_model_config(name_or_path, overrides=None):
+    """A model config as `load_config` reads it (with `overrides`, KEY=VALUE as main.py takes them), on
+    one device: conversion builds no mesh, so the training `mesh_shape` and `layout` (a pod's, which this
+    machine's devices or the config's sizes need not fit) are not checked."""
+    return load_config(name_or_path, dict(overrides or {}, mesh_shape="all:1", layout=""))
 
 
 def hf_config(config, vocab_size):
@@ -207,11 +214,14 @@ def _check_exportable(m):
     if features:
         raise ConversionError("%s: no HuggingFace GPT-Neo equivalent (it has learned `wpe` positions and plain "
                               "attention only)" % ", ".join(features))
-    block = [key for key in ("macaron", "mlp_glu", "scalenorm", "rezero", "share_parameters", "no_weight_tie",
-                             "moe_layers") if getattr(m, key)]
+    block = [key for key in ("macaron", "mlp_glu", "scalenorm", "rezero", "share_parameters", "moe_layers")
+             if getattr(m, key)]
     if block:
         raise ConversionError("%s: no HuggingFace GPT-Neo equivalent (its blocks are LayerNorm, attention and a "
-                              "GELU MLP per layer, with the output tied to wte)" % ", ".join(block))
+                              "GELU MLP per layer)" % ", ".join(block))
+    if m.no_weight_tie:
+        raise ConversionError("no_weight_tie: no HuggingFace GPT-Neo equivalent (it always applies the final "
+                              "LayerNorm ln_f and ties its output to wte; this model has neither)")
 
 
 def resolve_checkpoint(path):
@@ -637,7 +647,10 @@ def staged_dir(output_dir, last=()):
     output_dir = os.path.abspath(output_dir)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".tmp-", dir=parent)
+    # mkdir, not tempfile.mkdtemp: the staging directory becomes `output_dir`, so it gets mkdir's mode
+    # (0777 less the umask), not mkdtemp's 0700.
+    staging = os.path.join(parent, ".%s.tmp-%s" % (os.path.basename(output_dir), uuid.uuid4().hex))
+    os.mkdir(staging)
     try:
         yield staging
         if not os.path.exists(output_dir):
@@ -670,27 +683,39 @@ def parse_args(argv=None):
     commands = p.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="our checkpoint -> HuggingFace config.json + model.safetensors")
     export.add_argument("--model", required=True,
-                        help="the checkpoint's model config: a path ending in .json or the name of one in configs/")
+                        help="the checkpoint's model config: a path ending in .json or the name of one in configs/ "
+                             "(its mesh_shape and layout are not used: any machine converts a pod's checkpoint)")
     export.add_argument("--checkpoint", default=None,
                         help="checkpoint prefix (DIR/model.ckpt-N) or directory (its newest checkpoint); "
                              "default: the newest in the config's model_path")
     export.add_argument("--output_dir", required=True, help="HuggingFace directory to write (local or gs://)")
     export.add_argument("--vocab_size", type=int, default=None,
                         help="keep the first N rows of wte (default n_vocab), e.g. 50257 for a vocab padded to 50304")
+    export.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config keys replaced as in main.py (the checkpoint's model keys, e.g. n_layer=2)")
     imp = commands.add_parser("import", help="HuggingFace GPT-Neo directory -> our checkpoint + config_from_hf.json")
     imp.add_argument("--hf_dir", required=True,
                      help="directory with config.json and model.safetensors or pytorch_model.bin (local or gs://)")
     imp.add_argument("--output_dir", required=True, help="new directory for model.ckpt-0 and config_from_hf.json")
     imp.add_argument("--dtype", choices=sorted(MASTER_DTYPES), default="float32",
                      help="master dtype of the checkpoint (the config's `precision`)")
-    return p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    # KEY=VALUE after other flags (argparse takes the positionals only where they first appear).
+    late = [item for item in extra if args.command == "export" and not item.startswith("-")]
+    if len(late) < len(extra):
+        p.error("unrecognized arguments: %s" % " ".join(item for item in extra if item not in late))
+    try:
+        args.overrides = parse_overrides(getattr(args, "overrides", []) + late)
+    except ValueError as e:
+        p.error(str(e))
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         if args.command == "export":
-            config = load_config(args.model)
+            config = load_model_config(args.model, args.overrides)
             prefix = export_hf(args.checkpoint or config.model_path, config, args.output_dir, args.vocab_size)
             print("exported %s to %s (config.json, model.safetensors)" % (prefix, args.output_dir))
         else:

@@ -36,8 +36,19 @@ def read_prompts(path):
         return [DEFAULT_PROMPT]
     if not tf.io.gfile.exists(path):
         raise PromptError("--prompt file %s does not exist" % path)
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
+    if tf.io.gfile.isdir(path):
+        raise PromptError("--prompt %s is a directory; give a text file (one prompt) or a .jsonl file "
+                          "({\"prompt\": ...} per line)" % path)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise PromptError("--prompt file %s is not UTF-8 text (byte 0x%02x at offset %d%s); save it as UTF-8, "
+                          "e.g. iconv -f %s -t UTF-8" % (path, data[e.start], e.start,
+                                                        ", a UTF-16 byte order mark" if utf16 and e.start < 2 else "",
+                                                        "UTF-16" if utf16 else "<its encoding>")) from None
     if not path.endswith(".jsonl"):
         return [text]
     prompts = []
@@ -57,13 +68,20 @@ def read_prompts(path):
     return prompts
 
 
-def encode_prompts(prompts, tokenizer, n_ctx, num_samples):
-    """Rows to sample: each prompt's tokens, `num_samples` times. Empty or too long is an error."""
+def encode_prompts(prompts, tokenizer, n_ctx, n_vocab, num_samples):
+    """Rows to sample: each prompt's tokens, `num_samples` times. Empty, too long, or holding a token
+    the model has no embedding for (id >= n_vocab: a tokenizer larger than the model) is an error."""
     rows = []
     for index, prompt in enumerate(prompts):
         tokens = tokenizer.encode(prompt).ids
         if not tokens:
             raise PromptError("prompt %d is empty: give at least one token of text" % (index + 1))
+        outside = [t for t in tokens if t >= n_vocab]
+        if outside:
+            raise PromptError("prompt %d encodes to token id %d (%r), but the model's ids are < n_vocab = %d: "
+                              "the tokenizer is larger than the model; remove that text or use the tokenizer the "
+                              "model was trained with" % (index + 1, outside[0], tokenizer.id_to_token(outside[0]),
+                                                           n_vocab))
         if len(tokens) > n_ctx - 1:
             raise PromptError("prompt %d has %d tokens, but n_ctx is %d and at least one must be generated; "
                               "shorten it to %d tokens" % (index + 1, len(tokens), n_ctx, n_ctx - 1))

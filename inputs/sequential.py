@@ -32,6 +32,10 @@ def list_files(globs, what):
         if not matched:
             raise DataError("%s glob %s matches no files; check the dataset config's path or create "
                             "the TFRecords first" % (what, pattern))
+        directories = [path for path in matched if tf.io.gfile.isdir(path)]
+        if directories:
+            raise DataError("%s %s matches the directory %s, not TFRecord files; name the files, e.g. %s/*.tfrecords"
+                            % (what, pattern, directories[0], directories[0].rstrip("/")))
         files += matched
     return sorted(files, key=natural_sort_key)
 

@@ -57,6 +57,10 @@ FEATURE_DIMS = (MEM_KV_SEQUENCE, "axial_dim", AXIAL_DIM_0, AXIAL_DIM_1,
                 EXPERT_UNSPLIT, EXPERT_HIDDEN, EXPERT_CAPACITY, GROUP, "outer_batch",
                 BATCH_UNSPLIT, "d_model_split")
 LAYOUT_DIMS = MODEL_DIMS + FEATURE_DIMS
+# Dimensions along positions. Sampling leaves them whole (trainer.config.MeshConfig.for_decoding): its
+# lengths (a prompt's prefill, the decode length) seldom divide a mesh dimension.
+LENGTH_DIMS = (SEQUENCE, MEMORY_LENGTH, EMBED_SEQUENCE, NUM_BLOCKS, QUERY_BLOCK_LENGTH, MEMORY_BLOCK_LENGTH,
+               LOCAL_MEMORY_LENGTH, "axial_dim", AXIAL_DIM_0, AXIAL_DIM_1)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     h0 = wte[x] + wpe[0..n-1]        (or the axial table's rows; rotary embeddings act in attention instead)
     h  = h + Attn_i(LN_1(h));  h = h + MLP(LN_2(h))      for each layer i     (variants: see `_layer`)
-    logits = LN_f(h) · wteᵀ                                    (`no_weight_tie`: a projection of its own)
+    logits = LN_f(h) · wteᵀ                    (`no_weight_tie`: h · W + b, no LN_f, as the original)
     loss = mean over tokens of ℓ(logits, labels) + Σ MoE load-balancing losses
 """
 from meshtf import mtf, tf
@@ -170,13 +170,13 @@ def _residual(out, name, c, dtype):
 
 
 def _logits(h, wte, d, c, dtype, seed):
-    """LN_f(h) · wteᵀ, or with `no_weight_tie` LN_f(h) · W + b (the original skipped LN_f there,
-    leaving the residual stream unnormalised)."""
-    h = layer_norm(h, d.embd, "ln_f", dtype)
+    """LN_f(h) · wteᵀ, or with `no_weight_tie` h · W + b of the unnormalised residual stream: the
+    original has no LN_f there, so its checkpoints hold no `ln_f` and restore to what they computed."""
     if c.no_weight_tie:
         with tf.variable_scope("wte_final_linear"), tf.variable_scope("conv1d_main"):
             return dense(h, d.embd, d.vocab, "linear_out", 0.02 * (d.embd.size ** -0.5 if c.scale_by_in else 1.0),
                          dtype, seed)
+    h = layer_norm(h, d.embd, "ln_f", dtype)
     return mtf.einsum([h, wte], output_shape=mtf.Shape(h.shape.dims[:-1] + [d.vocab]))
 
 

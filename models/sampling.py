@@ -14,6 +14,7 @@ from typing import Optional
 from meshtf import mtf, tf
 from models import dims as names
 from models.attention import decode_state
+from models.entmax import entmax
 from models.gpt import gpt_step, gpt_with_cache
 
 
@@ -24,7 +25,7 @@ class SamplingConfig:
     top_p: float = 1.0            # keep the smallest set of tokens whose probability reaches p
     max_new_tokens: Optional[int] = None  # None = up to n_ctx
     seed: int = 1
-    stop_at_eos: bool = True
+    entmax: bool = False          # sample from 1.3-entmax(logits) (the original's --entmax_sampling)
 
 
 def decode_length(longest_prompt, max_new_tokens, n_ctx, multiple=64):
@@ -75,7 +76,7 @@ def generate(ids, lengths, d, model_config, sampling, eos_id, seed, min_prompt_l
         # Write the choice at t for rows past their prompt that are still going.
         write = mtf.cast(mtf.greater_equal(t, lengths), tf.int32) * (1 - done)
         ids += mtf.one_hot(t, sequence, dtype=tf.int32) * write * (chosen - ids)
-        stopped = write * mtf.cast(mtf.equal(chosen, eos_id), tf.int32) if sampling.stop_at_eos else 0 * write
+        stopped = write * mtf.cast(mtf.equal(chosen, eos_id), tf.int32)
         done = mtf.maximum(mtf.maximum(done, stopped), _finished(lengths, t + 1, sequence.size, sampling.max_new_tokens))
         out = [t + 1, ids, done] + [x for cache in layer_caches for x in cache]
         if record_logits:
@@ -110,7 +111,8 @@ def _finished(lengths, t, length, max_new_tokens):
 
 
 def choose(logits, t, d, sampling):
-    """The next token per row from logits [batch, vocab] (float32), with temperature, top-k, top-p.
+    """The next token per row from logits [batch, vocab] (float32), with temperature, top-k, top-p; or
+    with `sampling.entmax` from p = 1.3-entmax(logits) by its inverse CDF (no temperature, as the original).
 
     Runs as plain TensorFlow on each batch slice with the whole vocabulary. Random numbers come
     from a stateless generator keyed by (seed, step) and each row's global index, so a seed gives
@@ -118,12 +120,19 @@ def choose(logits, t, d, sampling):
     """
     rows = mtf.range(logits.mesh, d.batch, tf.int32)
     batch, vocab = d.batch.size, d.vocab.size
+    if sampling.entmax and sampling.temperature != 0:
+        logits = entmax(logits, d.vocab)
     # A name no layout rule splits: every slice gets the whole vocabulary.
     logits = mtf.rename_dimension(logits, d.vocab.name, "sampling_vocab")
 
     def pick(logits, rows, t):
         if sampling.temperature == 0:
             return tf.argmax(logits, axis=-1, output_type=tf.int32)
+        if sampling.entmax:  # `logits` are probabilities: the first token whose cumulative mass exceeds u
+            cumulative = tf.cumsum(logits, axis=-1)
+            uniform = tf.random.stateless_uniform([batch, 1], seed=tf.stack([sampling.seed, t]))
+            above = cumulative > tf.gather(uniform, rows) * cumulative[:, -1:]  # u < the total mass: one exists
+            return tf.argmax(tf.cast(above, tf.int32), axis=-1, output_type=tf.int32)
         logits = restrict(logits / sampling.temperature, sampling.top_k, sampling.top_p)
         uniform = tf.random.stateless_uniform([batch, vocab], seed=tf.stack([sampling.seed, t]),
                                               minval=1e-9, maxval=1.0)

@@ -48,7 +48,7 @@ with this project's documented fixes:
 * ``mlp_glu``: c_fc to 8 * n_embd columns [value | gate]; value * act(gate) into c_proj;
 * ``activation_fn``: every activation of spec 3.7 (:func:`numpy_activation`);
 * ``share_parameters``: every layer reads the same weights, "gpt2//..." (the empty scope);
-* ``no_weight_tie``: ln_f, then logits = h . linear_out/kernel + linear_out/bias;
+* ``no_weight_tie``: logits = h . linear_out/kernel + linear_out/bias, no ln_f (as the original);
 * ``moe_layers``: the layer's MLP is a top-2 mixture of experts (:func:`numpy_moe`);
 * losses: cross-entropy + z-loss, and the 1.3-entmax loss (:func:`numpy_entmax_loss`).
 """
@@ -212,10 +212,10 @@ def numpy_gpt_neo_logits(
             out = 0.5 * out
         h = h + _numpy_rezero(out, weights, f"{p}/norm_rezero_2", config)
 
-    h = _layer_norm(h, _get(weights, "gpt2/ln_f/g", (n_embd,)), _get(weights, "gpt2/ln_f/b", (n_embd,)))
-    if config.get("no_weight_tie"):
+    if config.get("no_weight_tie"):  # spec 3.9: no final LayerNorm [Q-4]
         out = "gpt2/wte_final_linear/conv1d_main/linear_out"
         return h @ _get(weights, f"{out}/kernel", (n_embd, n_vocab)) + _get(weights, f"{out}/bias", (n_vocab,))
+    h = _layer_norm(h, _get(weights, "gpt2/ln_f/g", (n_embd,)), _get(weights, "gpt2/ln_f/b", (n_embd,)))
     return h @ wte.T
 
 

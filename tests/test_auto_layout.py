@@ -10,7 +10,7 @@ from conftest import REPO, make, run_main
 
 from meshtf import mtf, tf
 from trainer import auto_layout
-from trainer.config import check_batch_layout, load_config, parse_layout, parse_mesh_shape
+from trainer.config import load_config, parse_layout, parse_mesh_shape
 from trainer.memory import USABLE, DeviceMemory, training_step
 from trainer.preflight import preflight
 
@@ -130,9 +130,9 @@ def printed(out):
 
 def assert_usable(name, choice, devices):
     config = load_config(name, choice)
-    assert config.mesh.size == devices
-    check_batch_layout(config, "train")
-    preflight(config)
+    assert config.mesh.size == devices  # and it loaded: validation passed
+    for mode in ("train", "eval", "predict"):
+        preflight(config, mode)
     return config
 
 

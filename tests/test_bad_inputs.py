@@ -1,9 +1,9 @@
-"""Bad inputs through the real entry points (main.py, tfrecords_tools): each gives exit status 2, one
-`error: ...` line with the message README.md shows, and no traceback.
+"""Bad inputs through the real entry points (main.py, tfrecords_tools, convert): each gives exit status 2, one
+`error: ...` line with the message docs/troubleshooting.md shows, and no traceback.
 
-ROWS is the README's table "Bad inputs and their messages": `python tests/test_bad_inputs.py` prints it,
-and test_readme_table_is_current fails when the README's copy differs. In a message, `...` stands for text
-that varies (a TensorFlow or JSON detail, a list) and `<dir>` for the directory of the example's files.
+ROWS is the table "Bad inputs and their messages" of docs/troubleshooting.md: `python tests/test_bad_inputs.py`
+prints it, and test_docs_table_is_current fails when the page's copy differs. In a message, `...` stands for
+text that varies (a TensorFlow or JSON detail, a list) and `<dir>` for the directory of the example's files.
 """
 import collections
 import json
@@ -16,6 +16,7 @@ from conftest import REPO, TINY, run_main, write_dataset_config
 from test_inputs import write_records
 
 import main as main_py
+from convert import huggingface
 from tfrecords_tools import check_dataset, create_tfrecords
 
 Row = collections.namedtuple("Row", "id input example message run")
@@ -35,8 +36,13 @@ class Env:
     def path(self, name):
         return str(self.tmp / name)
 
-    def file(self, name, text):
-        (self.tmp / name).write_text(text)
+    def file(self, name, content):
+        """A file holding `content` (str, or bytes written as they are)."""
+        (self.tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        return self.path(name)
+
+    def directory(self, name):
+        (self.tmp / name).mkdir()
         return self.path(name)
 
     def config(self, drop=(), dataset=None, **overrides):
@@ -61,11 +67,11 @@ class Env:
                 damage(path)
         return self.config(records_dir=root, train_steps=2, iterations=1, **SMALL)
 
-    def trained(self, **overrides):
+    def trained(self, dataset=None, **overrides):
         """A config whose model_path <dir>/trained holds a copy of the module's 1-step checkpoint."""
         model_path = self.path("trained")
         shutil.copytree(self.request.getfixturevalue("trained_model"), model_path)
-        return self.config(model_path=model_path, **dict(SMALL, **overrides))
+        return self.config(model_path=model_path, dataset=dataset, **dict(SMALL, **overrides))
 
     def main(self, *argv):
         return self.tool(main_py.main, *argv)
@@ -97,6 +103,13 @@ def predict_after_cutting_indexes(env):
         if name.endswith(".index"):
             os.truncate(os.path.join(env.path("trained"), name), 10)
     return env.main("--model", config, "--predict")
+
+
+def rerun_create_tfrecords_with_another_chunk_size(env):
+    argv = ["--input_dir", env.file("d.jsonl", json.dumps({"text": "some words " * 40}) + "\n"),
+            "--output_dir", env.path("out"), "--name", "x", "--quiet"]
+    assert env.tool(create_tfrecords.main, *argv, "--chunk_size", "16") == 0
+    return env.tool(create_tfrecords.main, *argv, "--chunk_size", "32")
 
 
 def train_into_missing_bucket(env):
@@ -152,8 +165,8 @@ ROWS = [
         "`layout` puts 'batch' on mesh dimension 'y', but `mesh_shape` (x:1) has no such dimension",
         lambda env: env.main("--model", env.config(layout="batch:y"))),
     Row("layout-does-not-divide", "split that does not divide", "`\"mesh_shape\": \"x:8\"`, `\"train_batch_size\": 4`",
-        "`layout` splits 'batch' (size 4) over mesh dimension 'x' of size 8, which does not divide it; change "
-        "the config size or `mesh_shape`",
+        "`train_batch_size` (4) is not divisible by mesh dimension 'x' (8) that `layout` splits batch over; make it "
+        "a multiple of 8 or change `layout`",
         lambda env: env.main("--model", env.config(mesh_shape="x:8"))),
     # Dataset configs
     Row("missing-dataset-config", "unknown dataset", "`\"datasets\": [\"nosuch\"]`",
@@ -174,11 +187,38 @@ ROWS = [
         "sampling keys out of range: temperature >= 0 (0 = greedy), top_k >= 0 (0 = off), 0 < top_p <= 1, "
         "num_samples >= 1; got temperature 0.9, top_k -1, top_p 1, num_samples 1",
         lambda env: env.main("--model", env.config(), "--predict", "--top_k", "-1")),
+    Row("two-modes", "two modes at once", "`--eval --predict`",
+        "argument --predict: not allowed with argument --eval",
+        lambda env: env.main("--model", env.config(), "--eval", "--predict")),
+    Row("flag-without-effect", "a flag the mode ignores", "`--eval --temperature 0.5`",
+        "--temperature has no effect with --eval (it applies to --predict, --export, training)",
+        lambda env: env.main("--model", env.config(), "--eval", "--temperature", "0.5")),
+    Row("sampling-flag-without-sampling", "a sampling flag for a run that does not sample",
+        "`--temperature 0.5` when training with `\"predict_steps\": 0`",
+        "--temperature applies to sampling, but this run does not sample: use --predict, or set predict_steps=1 to "
+        "sample every --steps_per_checkpoint steps of training",
+        lambda env: env.main("--model", env.config(), "--temperature", "0.5")),
+    Row("override-not-key-value", "override without a value", "`python main.py --model CONFIG n_layer`",
+        "'n_layer' is not KEY=VALUE: config keys are replaced as n_layer=2 (flags start with --)",
+        lambda env: env.main("--model", env.config(), "n_layer")),
+    Row("override-wrong-type", "override of the wrong type", "`n_layer=two`",
+        "model config key `n_layer` must be an integer, got \"two\" (str)",
+        lambda env: env.main("--model", env.config(), "n_layer=two")),
+    Row("new-not-confirmed", "`--new` not confirmed", "`--new`, answering anything but y",
+        "--new was not confirmed: nothing deleted, nothing trained",
+        lambda env: env.main("--model", env.trained(), "--new")),
     # Data
     Row("glob-matches-nothing", "dataset glob matching nothing", "`\"path\": \"<dir>/none/train/*.tfrecords\"`",
         "dataset `path` glob <dir>/none/train/*.tfrecords matches no files; check the dataset config's path or "
         "create the TFRecords first",
         lambda env: env.main("--model", env.config(records_dir=env.path("none")))),
+    Row("dataset-path-is-directory", "dataset `path` naming a directory", "`\"path\": \"<dir>/records\"`",
+        "dataset `path` <dir>/records matches the directory <dir>/records, not TFRecord files; name the files, e.g. "
+        "<dir>/records/*.tfrecords",
+        lambda env: env.main("--model", env.config(dataset={"path": env.directory("records")}))),
+    Row("eval-without-eval-path", "evaluation without `eval_path`", "`\"eval_steps\": 1`, no `eval_path`",
+        "dataset config 'sample' has no `eval_path`",
+        lambda env: env.main("--model", env.config(eval_steps=1, dataset={"eval_path": None}))),
     Row("corrupt-tfrecord", "corrupt TFRecord", "a flipped byte in a record",
         "a data file is corrupt or truncated (corrupted record at 12); `--check_dataset` names bad TFRecords",
         lambda env: env.main("--model", env.records([GOOD_RECORD] * 4, flip_byte))),
@@ -201,6 +241,12 @@ ROWS = [
         "no input files at <dir>/nothere.jsonl.zst (expected files ending in .jsonl.zst, ...)",
         lambda env: env.tool(create_tfrecords.main, "--input_dir", env.path("nothere.jsonl.zst"),
                              "--output_dir", env.path("out"), "--name", "x")),
+    Row("create-tfrecords-other-arguments", "`create_tfrecords` rerun with other arguments over complete files",
+        "`--chunk_size 32` into an `--output_dir` and `--name` written with `--chunk_size 16`",
+        "<dir>/out/x.manifest.json was written with other arguments (chunk_size differ) and lists 1 complete "
+        "file(s); pass --overwrite to delete x.manifest.json and the x_<index>_<records>.tfrecords files and start "
+        "over, or choose another --output_dir or --name",
+        rerun_create_tfrecords_with_another_chunk_size),
     # Prompts
     Row("empty-prompt", "empty prompt", "`--predict --prompt p.txt`, p.txt empty",
         "prompt 1 is empty: give at least one token of text",
@@ -215,6 +261,21 @@ ROWS = [
     Row("missing-prompt-file", "missing prompt file", "`--predict --prompt nothere.txt`",
         "--prompt file <dir>/nothere.txt does not exist",
         lambda env: env.main("--model", env.trained(), "--predict", "--prompt", env.path("nothere.txt"))),
+    Row("prompt-is-directory", "prompt that is a directory", "`--predict --prompt <dir>/prompts`",
+        "--prompt <dir>/prompts is a directory; give a text file (one prompt) or a .jsonl file ({\"prompt\": ...} "
+        "per line)",
+        lambda env: env.main("--model", env.trained(), "--predict", "--prompt", env.directory("prompts"))),
+    Row("prompt-not-utf8", "prompt file not in UTF-8", "`--predict --prompt p.txt`, p.txt saved as UTF-16",
+        "--prompt file <dir>/p.txt is not UTF-8 text (byte 0xff at offset 0, a UTF-16 byte order mark); save it as "
+        "UTF-8, e.g. iconv -f UTF-16 -t UTF-8",
+        lambda env: env.main("--model", env.trained(), "--predict", "--prompt",
+                             env.file("p.txt", "Once upon a time".encode("utf-16")))),
+    Row("prompt-token-outside-vocab", "prompt token the model has no embedding for",
+        "`--predict` with a prompt holding `<|padding|>` (id 50257 of a pretrained GPT-2 tokenizer, n_vocab 50257)",
+        "prompt 1 encodes to token id 50257 ('<|padding|>'), but the model's ids are < n_vocab = 50257: the "
+        "tokenizer is larger than the model; remove that text or use the tokenizer the model was trained with",
+        lambda env: env.main("--model", env.trained(dataset={"tokenizer_is_pretrained": True, "padding_id": 50257}),
+                             "--predict", "--prompt", env.file("p.txt", "Hello <|padding|> world"))),
     # Checkpoints and paths
     Row("predict-without-checkpoint", "predict without a checkpoint", "`--predict` on an empty `model_path`",
         "--predict: no checkpoint in <dir>/tiny_model; train first or fix `model_path`",
@@ -231,10 +292,22 @@ ROWS = [
     Row("unwritable-model-path", "unwritable `model_path`", "`\"model_path\": \"<dir>/a_file/model\"`",
         "cannot write to `model_path` <dir>/a_file/model: <dir>/a_file is not a directory",
         lambda env: env.main("--model", env.config(model_path=env.file("a_file", "") + "/model"))),
+    Row("unwritable-output", "unwritable `--output`", "`--predict --output <dir>/a_file/x`",
+        "cannot write the samples to <dir>/a_file/x.txt (<dir>/a_file is not a directory); give --output a path in "
+        "a writable directory",
+        lambda env: env.main("--model", env.trained(), "--predict", "--prompt", env.file("p.txt", "Hello"),
+                             "--output", env.file("a_file", "") + "/x")),
     Row("missing-bucket", "missing bucket", "`\"model_path\": \"gs://nosuchbucket/model\"`",
         "cannot write to `model_path` gs://nosuchbucket/model: bucket gs://nosuchbucket does not exist (or these "
         "credentials cannot see it)",
         train_into_missing_bucket),
+    # HuggingFace conversion
+    Row("hf-export-untied", "HuggingFace export of a model it cannot hold",
+        "`python -m convert.huggingface export --model tiny.json ...`, tiny.json with `\"no_weight_tie\": true`",
+        "no_weight_tie: no HuggingFace GPT-Neo equivalent (it always applies the final LayerNorm ln_f and ties "
+        "its output to wte; this model has neither)",
+        lambda env: env.tool(huggingface.main, "export", "--model", env.config(no_weight_tie=True),
+                             "--output_dir", env.path("hf"))),
 ]
 
 
@@ -273,10 +346,12 @@ def readme_table():
     return "\n".join(lines) + "\n"
 
 
-def test_readme_table_is_current():
+def test_docs_table_is_current():
     assert len(ROWS) >= 25 and len({row.id for row in ROWS}) == len(ROWS)
-    readme = open(os.path.join(REPO, "README.md")).read()
-    assert readme_table() in readme, "README.md's bad-input table is stale: python tests/test_bad_inputs.py prints it"
+    with open(os.path.join(REPO, "docs", "troubleshooting.md")) as f:
+        page = f.read()
+    assert readme_table() in page, ("docs/troubleshooting.md's bad-input table is stale: "
+                                    "python tests/test_bad_inputs.py prints it")
 
 
 if __name__ == "__main__":

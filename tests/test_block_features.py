@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BASE, make, placement, randomize_and_run, run_main, scalars
+from conftest import BASE, TINY, make, placement, randomize_and_run, run_main, scalars
 from reference_models import (ACTIVATION_NAMES, NUMPY_ACTIVATION_PARAMS, numpy_activation, numpy_entmax,
                               numpy_entmax_loss, numpy_gpt_neo_logits, numpy_token_losses)
 from test_model import lowered
 from test_sampling import decoded, full_logits
 
-from convert.huggingface import ConversionError, export_hf
+from convert.huggingface import ConversionError, export_hf, write_checkpoint
 from meshtf import mtf, tf
 from models import dims as names
 from models.activations import ACTIVATIONS, activation
@@ -294,7 +294,7 @@ TRAINED = {
              train_batch_size=2),
         {"gpt2//norm_rezero_1/g": [], "gpt2//mlp/activation-0": [], "gpt2//attn/q": [32, 32],
          "gpt2/wte_final_linear/conv1d_main/linear_out/kernel": [32, 50257],
-         "gpt2/wte_final_linear/conv1d_main/linear_out/bias": [50257]}),
+         "gpt2/wte_final_linear/conv1d_main/linear_out/bias": [50257], "gpt2/ln_f/g": None}),
 }
 
 
@@ -315,3 +315,53 @@ def test_trains_saves_reloads_and_continues(make_config, name):
     assert reader.get_tensor("global_step") == 6
     shapes = reader.get_variable_to_shape_map()
     assert {v: shapes.get(v) for v in variables} == variables
+
+
+def original_untied_weights(rng, n_embd=32, n_layer=2, n_ctx=32, n_vocab=50257):
+    """Random weights under the variable names of the original's no_weight_tie model (spec 4.2): its
+    embeddings and blocks as always, the output projection `wte_final_linear`, and no `ln_f`."""
+    E, F = n_embd, 4 * n_embd
+    shapes = {"gpt2/wte": (n_vocab, E), "gpt2/wpe": (n_ctx, E),
+              "gpt2/wte_final_linear/conv1d_main/linear_out/kernel": (E, n_vocab),
+              "gpt2/wte_final_linear/conv1d_main/linear_out/bias": (n_vocab,)}
+    for i in range(n_layer):
+        p = "gpt2/h%d/" % i
+        shapes.update({p + "norm_1/g": (E,), p + "norm_1/b": (E,), p + "norm_2/g": (E,), p + "norm_2/b": (E,),
+                       p + "attn/q": (E, E), p + "attn/k": (E, E), p + "attn/v": (E, E), p + "attn/o": (E, E),
+                       p + "attn/compute_output_bias/o_b": (E,),
+                       p + "mlp/conv1d_main/c_fc/kernel": (E, F), p + "mlp/conv1d_main/c_fc/bias": (F,),
+                       p + "mlp/conv1d_main/c_proj/kernel": (F, E), p + "mlp/conv1d_main/c_proj/bias": (E,)})
+    return {name: (rng.normal(0, 0.1, shape) + name.endswith("/g")).astype(np.float32)
+            for name, shape in sorted(shapes.items())}
+
+
+def test_original_untied_checkpoint_predicts_what_it_computed_and_trains_on(make_config, tmp_path):
+    """A checkpoint of the original's no_weight_tie model (no ln_f) through main.py: --predict decodes
+    what the numpy reference computes from it (logits of the unnormalised residual stream), training
+    goes on from it; HuggingFace export, whose GPT-Neo has ln_f and a tied output, refuses the model."""
+    path = make_config("untied", no_weight_tie=True, temperature=0, predict_max_steps=4, train_steps=2, iterations=2)
+    model_path = json.load(open(path))["model_path"]
+    weights = original_untied_weights(np.random.RandomState(0))
+    write_checkpoint(model_path + "/model.ckpt", weights.items(), global_step=0)
+
+    prompt_file = tmp_path / "p.jsonl"
+    prompt_file.write_text('{"prompt": "Lists are"}\n')
+    assert run_main("--model", path, "--predict", "--prompt", str(prompt_file), "--output", str(tmp_path / "s")) == 0
+    [sample] = [json.loads(line) for line in open(str(tmp_path / "s") + ".jsonl")]
+    tokens = list(sample["prompt_tokens"])
+    for _ in range(4):
+        logits = numpy_gpt_neo_logits(weights, dict(TINY, no_weight_tie=True), np.array([tokens]))
+        tokens.append(int(logits[0, -1].argmax()))
+    assert sample["tokens"] == tokens[len(sample["prompt_tokens"]):]
+
+    assert run_main("--model", path) == 0
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_path))
+    assert reader.get_tensor("global_step") == 2
+    assert [n for n in reader.get_variable_to_shape_map() if "ln_f" in n] == []
+    kernel = "gpt2/wte_final_linear/conv1d_main/linear_out/kernel"
+    assert 0 < np.abs(reader.get_tensor(kernel) - weights[kernel]).max() < 0.01  # two small Adam steps on
+
+    with pytest.raises(ConversionError, match=r"^no_weight_tie: no HuggingFace GPT-Neo equivalent \(it always "
+                                              r"applies the final LayerNorm ln_f and ties its output to wte"):
+        export_hf(model_path, path, str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()

@@ -15,9 +15,8 @@ from conftest import REPO
 
 import main
 from trainer.preflight import preflight
-from trainer.config import (CONFIG_DIR, ConfigError, MeshConfig, check_batch_layout,
-                            check_tokenizer_vocab, expand_attention_types, load_config,
-                            parse_layout, parse_mesh_shape)
+from trainer.config import (CONFIG_DIR, ConfigError, MeshConfig, expand_attention_types, load_config,
+                            parse_layout, parse_mesh_shape, parse_overrides)
 from trainer.hardware import select_hardware
 
 
@@ -175,7 +174,8 @@ BAD_VALUES = [
     pytest.param({"train_steps": -1}, r"^`train_steps`, `eval_steps` and `warmup_steps` must not be negative$",
                  id="negative-steps"),
     pytest.param({"eval_steps": 5, "eval_batch_size": None},
-                 r"^`eval_steps` is 5 but `eval_batch_size` is not set$", id="eval-without-batch"),
+                 r"^`eval_batch_size` is not set; evaluation \(`eval_steps` > 0 or `eval_tasks`\) needs it$",
+                 id="eval-without-batch"),
     pytest.param({"lr_decay": "exponential"},
                  r"^`lr_decay` must be \"linear\", \"cosine\" or null, got 'exponential'$", id="lr_decay"),
     pytest.param({"opt_name": "sgd"}, r"^`opt_name` must be \"adam\" or \"adafactor\", got 'sgd' \(the original "
@@ -277,9 +277,10 @@ def test_mesh_shape_unicode_digit():
     ({"mesh_shape": "x:1,y:2", "layout": "batch:x,vocab:y"},
      r"^`layout` splits 'vocab' \(size 50257\) over mesh dimension 'y' of size 2, which does not divide it"),
     ({"mesh_shape": "x:2", "train_batch_size": 3},
-     r"^`layout` splits 'batch' \(size 3\) over mesh dimension 'x' of size 2"),
-    ({"mesh_shape": "x:4", "train_batch_size": 8, "eval_batch_size": 6},
-     r"^`layout` splits 'batch' \(size 6\) over mesh dimension 'x' of size 4"),
+     r"^`train_batch_size` \(3\) is not divisible by mesh dimension 'x' \(2\) that `layout` splits batch "
+     r"over; make it a multiple of 2 or change `layout`$"),
+    ({"mesh_shape": "x:4", "train_batch_size": 8, "eval_steps": 1, "eval_batch_size": 6},
+     r"^`eval_batch_size` \(6\) is not divisible by mesh dimension 'x' \(4\)"),
     ({"mesh_shape": "x:1,y:3", "layout": "batch:x,embd:y"},
      r"^`layout` splits 'embd' \(size 32\) over mesh dimension 'y' of size 3"),
 ], ids=["unknown-dim-head", "unknown-dim-vocabulary", "swapped", "mesh-dim-missing", "mesh-dim-typo",
@@ -296,28 +297,36 @@ def test_layout_two_dims_of_one_tensor_on_one_mesh_dim(tiny):
         preflight(config)
 
 
-def test_batch_not_divisible_by_its_mesh_dim(tiny):
-    config = load_config(tiny(mesh_shape="x:2", train_batch_size=4, predict_batch_size=1))
-    check_batch_layout(config, "train")  # fine as loaded
-    odd = dataclasses.replace(config, train=dataclasses.replace(config.train, train_batch_size=3))
-    with raises(r"^`train_batch_size` \(3\) is not divisible by mesh dimension 'x' \(2\) that `layout` splits "
-                r"batch over$"):
-        check_batch_layout(odd, "train")
-    with raises(r"^`predict_batch_size` \(1\) is not divisible by mesh dimension 'x' \(2\)"):
-        check_batch_layout(config, "predict")
+def test_unused_batch_sizes_need_not_divide(tiny):
+    """eval_batch_size matters only when the config evaluates; predict_batch_size never blocks: sampling
+    leaves batch whole when it does not divide (MeshConfig.for_decoding)."""
+    config = load_config(tiny(mesh_shape="x:2", eval_steps=0, eval_batch_size=3, predict_batch_size=1))
+    assert config.mesh.layout_string == "batch:x"
+    assert config.mesh.for_decoding(1).layout_string == ""
+    assert config.mesh.for_decoding(4).layout_string == "batch:x"
 
 
-def test_batch_layout_without_eval_batch_size(tiny):
-    config = load_config(tiny(eval_batch_size=None))
-    with raises(r"^`eval_batch_size` is not set$"):
-        check_batch_layout(config, "eval")
+def test_decoding_layout_leaves_lengths_whole():
+    mesh = MeshConfig(parse_mesh_shape("x:2,y:2"), parse_layout("batch:x,memory_length:y,embd:y,sequence:x"))
+    assert mesh.for_decoding(2).layout_string == "batch:x,embd:y"
 
 
-def test_tokenizer_larger_than_n_vocab(tiny):
-    config = load_config(tiny())
-    check_tokenizer_vocab(config, 50257, "gpt2")  # equal is fine
-    with raises(r"^the tokenizer \(gpt2\) has 50304 tokens but `n_vocab` is 50257; set n_vocab >= 50304$"):
-        check_tokenizer_vocab(config, 50304, "gpt2")
+def test_overrides_are_json_values_or_strings():
+    assert parse_overrides(["n_layer=2", "lr=1e-4", "scale_by_in=true", "lr_decay=null", "mesh_shape=x:1,y:2",
+                            "layout=", 'attention_types=[[["global"],2]]']) == {
+        "n_layer": 2, "lr": 1e-4, "scale_by_in": True, "lr_decay": None, "mesh_shape": "x:1,y:2", "layout": "",
+        "attention_types": [[["global"], 2]]}
+    with pytest.raises(ValueError, match="'n_layer' is not KEY=VALUE"):
+        parse_overrides(["n_layer"])
+
+
+def test_overrides_are_checked_like_the_file(tiny):
+    with raises(r"^model config key `n_layer` must be an integer, got \"two\" \(str\)$"):
+        load_config(tiny(), parse_overrides(["n_layer=two"]))
+    with raises(r"^unknown config key `n_layyer`; did you mean 'n_layer'\?$"):
+        load_config(tiny(), parse_overrides(["n_layyer=2"]))
+    config = load_config(tiny(), parse_overrides(["n_layer=4", 'attention_types=[[["global"],4]]']))
+    assert config.model.attention_types == ("global",) * 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +416,6 @@ def test_shipped_config_loads(path):
     config = load_config(path)
     assert config.name == os.path.splitext(os.path.basename(path))[0]
     assert len(config.model.attention_types) == config.model.n_layer
-    check_batch_layout(config, "train")
 
 
 def test_load_by_name():

@@ -1,6 +1,7 @@
 """The TFRecords converter on real files with the real GPT-2 tokenizer: documents -> records
 (chunks of chunk_size + 1 tokens, or one per document), the manifest, bad input, 1 vs 2
-processes, resuming after kill -9, and the dataset config it writes for the trainer."""
+processes, resuming after kill -9, Ctrl-C or a failed run (and starting over), and the dataset config
+it writes for the trainer."""
 import functools
 import gzip
 import hashlib
@@ -10,6 +11,7 @@ import lzma
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -547,7 +549,10 @@ def test_help_exits_zero(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
-    assert "--pile_set_name" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--pile_set_name" in text
+    assert "--overwrite start over: first delete this --name's files in --output_dir" in text
+    assert "exits with status 130" in text
 
 
 def test_unwritable_output_dir(tmp_path, capsys):
@@ -567,6 +572,10 @@ def test_too_little_text_for_one_record(tmp_path, capsys):
     assert code == 2
     assert "fewer tokens than one record (65)" in one_error(err)
     assert not [p for p in os.listdir(str(tmp_path / "out")) if ".tfrecords" in p]
+    # No file was written, so the smaller --chunk_size the message suggests is not refused.
+    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", tmp_path / "out", "--chunk_size", "1")
+    assert code == 0, err
+    assert read_manifest(tmp_path / "out", "openwebtext")["records"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,15 +697,30 @@ def big_corpus(path, copies):
     return str(path), size, copies * len(range(0, len(sample_documents("train")), 10))
 
 
-def run_and_kill(flags, out, name, files):
-    """Start the CLI in a process of its own, kill -9 it once the manifest lists `files` files (it
-    must still be running then); returns the number of final-named files it left."""
-    process = subprocess.Popen([sys.executable, "-m", "tfrecords_tools.create_tfrecords", "--output_dir",
-                                str(out)] + flags, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory):
+    """A few MB corpus (big_corpus), the flags converting it into many files, and the output of an
+    uninterrupted run: (flags without --output_dir, that output, count of each kind of odd line)."""
+    root = tmp_path_factory.mktemp("big_run")
+    source, size, odd = big_corpus(root / "big.jsonl.zst", copies=5)
+    assert size > 3 << 20  # ~4 MB of JSON lines (~1 MB compressed)
+    flags = ["--input_dir", source, "--name", "big", "--chunk_size", "64", "--files_per", "50",
+             "--pile_set_name", "PythonDocs", "--pile_set_name", "PythonDocstrings", "--skip_bad_lines", "--quiet"]
+    clean = root / "clean"
+    assert main(flags + ["--output_dir", str(clean)]) == 0
+    return flags, clean, odd
+
+
+def run_and_stop(flags, out, name, files, how=signal.SIGKILL):
+    """Start the CLI in a session of its own and, once the manifest lists `files` files (it must still
+    be running then), send `how` to its process group: kill -9, or SIGINT as a terminal's Ctrl-C sends it
+    (to the worker processes too). Returns (the ended process, its stderr, the count of final-named files)."""
+    process = subprocess.Popen([sys.executable, "-m", "tfrecords_tools.create_tfrecords"] + flags, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
     try:
         while True:
-            assert process.poll() is None, "the run ended before it was killed: %s" % (process.communicate(),)
+            assert process.poll() is None, "the run ended before it was stopped: %s" % (process.communicate(),)
             assert time.monotonic() < deadline, "the manifest listed no %d files in 60 s" % files
             try:
                 if len(read_manifest(out, name)["files"]) >= files:
@@ -705,36 +729,59 @@ def run_and_kill(flags, out, name, files):
                 time.sleep(0.005)  # no manifest yet, or one being replaced: look again
                 continue
             time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, how)
+        err = process.communicate(timeout=60)[1].decode()
     finally:
-        process.kill()
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL  # killed, not ended
-    interrupted = read_manifest(out, name)
-    assert not interrupted["complete"] and interrupted["resume"] is not None
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    stopped = read_manifest(out, name)
+    assert not stopped["complete"] and stopped["resume"] is not None
     finals = [p for p in os.listdir(str(out)) if p.endswith(".tfrecords")]
     assert len(finals) >= files
-    return len(finals)
+    return process, err, len(finals)
 
 
-def test_kill_9_mid_run_then_rerun_gives_identical_output(tmp_path):
-    source, size, odd = big_corpus(tmp_path / "big.jsonl.zst", copies=5)
-    assert size > 3 << 20  # ~4 MB of JSON lines (~1 MB compressed)
+def test_kill_9_mid_run_then_rerun_gives_identical_output(tmp_path, big_run):
+    flags, clean, odd = big_run
     killed = tmp_path / "killed"
-    flags = ["--input_dir", source, "--name", "big", "--chunk_size", "64", "--files_per", "50",
-             "--pile_set_name", "PythonDocs", "--pile_set_name", "PythonDocstrings", "--skip_bad_lines", "--quiet"]
+    flags = flags + ["--output_dir", str(killed)]
     # Killed early, rerun and killed again later (after the first tokenizer batch), rerun to the end.
-    first = run_and_kill(flags, killed, "big", 2)
-    second = run_and_kill(flags, killed, "big", 160)
-    assert main(flags + ["--output_dir", str(killed)]) == 0
+    process, _, first = run_and_stop(flags, killed, "big", 2)
+    assert process.returncode == -signal.SIGKILL  # killed, not ended
+    process, _, second = run_and_stop(flags, killed, "big", 160)
+    assert process.returncode == -signal.SIGKILL
+    assert main(flags) == 0
 
-    clean = tmp_path / "clean"
-    assert main(flags + ["--output_dir", str(clean)]) == 0
     manifest, _ = check_directory(clean, "big")
     assert len(manifest["files"]) > second >= first >= 2  # both kills landed before the end
     assert manifest["skipped"] == {"bad_lines": odd, "filtered": odd, "empty": odd}
     check_directory(killed, "big")
     assert directory_bytes(killed) == directory_bytes(clean)  # every file and the manifest, byte for byte
+
+
+def test_ctrl_c_with_two_processes_stops_cleanly_and_the_printed_command_resumes(tmp_path, big_run):
+    flags, clean, _ = big_run
+    out = tmp_path / "out"
+    resume = flags + ["--output_dir", str(out), "--processes", "2"]
+    process, err, kept = run_and_stop(resume + ["--overwrite"], out, "big", 20, signal.SIGINT)
+    # Exit status 130 and one line (no traceback, none from the workers) with the command that resumes:
+    # the same, but without --overwrite, which would start over.
+    assert process.returncode == 130, err
+    command = shlex.join([sys.executable, "-m", "tfrecords_tools.create_tfrecords"] + resume)
+    assert err.splitlines() == ["interrupted: the complete files in %s are kept; resume with: %s" % (out, command)]
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # no process of the run is left: the workers ended with it
+    # Only complete files, each listed in the manifest, which says where to resume.
+    manifest = read_manifest(out, "big")
+    assert not manifest["complete"] and manifest["resume"]["document"] > 0
+    assert sorted(os.listdir(str(out))) == sorted([e["name"] for e in manifest["files"]] + ["big.manifest.json"])
+    assert len(manifest["files"]) == kept < len(read_manifest(clean, "big")["files"])
+    no_partial_final_file(out, "big")
+
+    resumed = subprocess.run(shlex.split(command), cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert directory_bytes(out) == directory_bytes(clean)
 
 
 def small_corpus(path):
@@ -815,6 +862,29 @@ def test_interrupted_right_after_the_first_file_resumes(tmp_path, monkeypatch):
     assert directory_bytes(out) == directory_bytes(clean)
 
 
+def test_ctrl_c_during_a_rename_and_its_manifest_update_waits_for_both(tmp_path, monkeypatch):
+    source = small_corpus(tmp_path / "small.jsonl.zst")
+    args = dict(name="r", chunk_size=32, files_per=10, options=TextOptions(skip_bad_lines=True))
+    clean = tmp_path / "clean"
+    create_tfrecords(source, str(clean), "gpt2", **args)
+    original = records_module.RecordWriter.finish
+
+    def finish(self, path):  # a real SIGINT just before the second file is renamed
+        if path.endswith("/r_1_10.tfrecords"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, path)
+    monkeypatch.setattr(records_module.RecordWriter, "finish", finish)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        create_tfrecords(source, str(out), "gpt2", **args)
+    monkeypatch.undo()
+    # It took effect once the manifest listed the renamed file, and the file being written is gone.
+    assert [e["name"] for e in read_manifest(out, "r")["files"]] == ["r_0_10.tfrecords", "r_1_10.tfrecords"]
+    assert sorted(os.listdir(str(out))) == ["r.manifest.json", "r_0_10.tfrecords", "r_1_10.tfrecords"]
+    create_tfrecords(source, str(out), "gpt2", **args)
+    assert directory_bytes(out) == directory_bytes(clean)
+
+
 def test_rerun_of_a_complete_run_changes_nothing(tmp_path, capsys):
     path = write_docs(tmp_path / "d.jsonl", DOCS)
     out = tmp_path / "out"
@@ -830,18 +900,33 @@ def test_rerun_of_a_complete_run_changes_nothing(tmp_path, capsys):
 
 @pytest.mark.parametrize("change", [["--chunk_size", "8"], ["--files_per", "5"], ["--mode", "documents"],
                                     ["--separator", "11"], ["--skip_bad_lines"], ["--pile_set_name", "ArXiv"]])
-def test_rerun_with_other_arguments_is_refused(tmp_path, capsys, change):
+def test_rerun_with_other_arguments_is_refused_until_overwrite(tmp_path, capsys, change):
     path = write_docs(tmp_path / "d.jsonl", DOCS)
     out = tmp_path / "out"
     flags = ["--input_dir", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK, "--files_per", "2"]
     assert cli(capsys, *flags)[0] == 0
+    # Files --overwrite leaves alone: another name's, and names that only look like c's.
+    others = {"cd_0_5.tfrecords": b"run cd", "cd.manifest.json": b"{}", "c_0_2.tfrecords.bak": b"a copy",
+              "c.txt": b"notes", "c_1.manifest.json": b"{}", "c_1_0.tfrecords.incomplete": b"run c_1"}
+    for name, data in others.items():
+        (out / name).write_bytes(data)
     before = directory_bytes(out)
     code, _, err = cli(capsys, *flags + change)
     assert code == 2
     line = one_error(err)
-    assert "c.manifest.json was written with other arguments" in line
-    assert change[0].lstrip("-").replace("pile_set_name", "pile_set_names") in line
+    differ = change[0].lstrip("-").replace("pile_set_name", "pile_set_names")
+    files = len(read_manifest(out, "c")["files"])
+    assert line == ("error: %s was written with other arguments (%s differ) and lists %d complete file(s); pass "
+                    "--overwrite to delete c.manifest.json and the c_<index>_<records>.tfrecords files and start over, "
+                    "or choose another --output_dir or --name" % (out / "c.manifest.json", differ, files))
     assert directory_bytes(out) == before
+
+    code = cli(capsys, *flags + change + ["--overwrite"])[0]
+    clean = tmp_path / "clean"
+    assert code == cli(capsys, *flags[:3] + [clean] + flags[4:] + change)[0]  # 2 when ArXiv filters every document
+    after = directory_bytes(out)
+    assert {name: after.pop(name) for name in others} == others
+    assert after == directory_bytes(clean)
 
 
 def test_records_without_a_manifest_are_refused(tmp_path, capsys):
@@ -849,15 +934,159 @@ def test_records_without_a_manifest_are_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "c_0_5.tfrecords").write_bytes(b"from another run")
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK)
+    flags = ["--input_dir", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK]
+    code, _, err = cli(capsys, *flags)
     assert code == 2
-    line = one_error(err)
-    assert "c_0_5.tfrecords" in line and "refusing" in line
+    assert one_error(err) == (
+        "error: %s already holds c_0_5.tfrecords but no c.manifest.json: refusing to mix runs; pass --overwrite to "
+        "delete this --name's files and start over, or choose another --output_dir or --name" % out)
     assert os.listdir(str(out)) == ["c_0_5.tfrecords"]
     # Another --name in the same directory is fine.
     assert cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "d", "--chunk_size", CHUNK)[0] == 0
     with pytest.raises(ConversionError):
         create_tfrecords(path, str(out), "gpt2", name="c", chunk_size=CHUNK)
+    # A file of the name c_1 matches c's dataset glob: --overwrite does not delete it, and is refused.
+    (out / "c_1_0_5.tfrecords").write_bytes(b"the run named c_1")
+    before = directory_bytes(out)
+    code, _, err = cli(capsys, *flags + ["--overwrite"])
+    assert code == 2
+    assert "holds c_1_0_5.tfrecords, which the dataset glob c_*.tfrecords would also match" in one_error(err)
+    assert directory_bytes(out) == before
+    # Without it, --overwrite deletes c's file and starts over; d's files stay.
+    (out / "c_1_0_5.tfrecords").unlink()
+    d_files = {p: data for p, data in before.items() if p.startswith("d")}
+    assert cli(capsys, *flags + ["--overwrite"])[0] == 0
+    listed = [e["name"] for e in read_manifest(out, "c")["files"]]
+    assert sorted(os.listdir(str(out))) == sorted(listed + ["c.manifest.json"] + list(d_files))
+    assert "c_0_5.tfrecords" not in listed
+    assert {p: data for p, data in directory_bytes(out).items() if p.startswith("d")} == d_files
+
+
+@pytest.mark.parametrize("change", [["--skip_bad_lines"], ["--skip_bad_lines", "--chunk_size", "8"]])
+def test_a_run_that_completed_no_file_does_not_lock_the_output(tmp_path, capsys, change):
+    """A bad line before the first file is complete: the rerun the error suggests, with other arguments
+    too, starts over, deleting the manifest and the *.incomplete files a kill -9 leaves, and nothing else."""
+    lines = [json_line("good line number %d" % i) for i in range(20)] + [b"oops\n", json_line("after it")]
+    path = write_lines(tmp_path / "b.jsonl", lines)
+    out = tmp_path / "out"
+    flags = ["--input_dir", path, "--output_dir", out, "--name", "b", "--chunk_size", "4"]
+    code, _, err = cli(capsys, *flags)
+    assert code == 2 and "line 21" in one_error(err) and "--skip_bad_lines" in one_error(err)
+    assert read_manifest(out, "b")["files"] == []
+    assert sorted(os.listdir(str(out))) == ["b.manifest.json"]  # the file being written was deleted
+    leftovers = {"b_0.tfrecords.incomplete": b"cut short", "b.manifest.json.incomplete": b"{"}
+    others = {"b_1_0.tfrecords.incomplete": b"run b_1", "b_1.manifest.json": b"{}", "b.txt": b"notes"}
+    for name, data in dict(leftovers, **others).items():
+        (out / name).write_bytes(data)
+
+    code, stdout, err = cli(capsys, *flags + change)
+    assert code == 0, err
+    assert "1 bad lines" in stdout
+    clean = tmp_path / "clean"
+    assert cli(capsys, *flags[:3] + [clean] + flags[4:] + change)[0] == 0
+    after = directory_bytes(out)
+    assert {name: after.pop(name) for name in others} == others
+    assert after == directory_bytes(clean)
+
+
+def test_bad_line_after_complete_files_resumes_with_skip_bad_lines(tmp_path, capsys):
+    """No line before the complete files was bad (the run would have stopped there), so --skip_bad_lines
+    does not change them: the rerun keeps them and ends with the output of a run that had it from the start."""
+    lines = ([json_line("good line number %d" % i) for i in range(1500)] + [b"oops\n"]
+             + [json_line("line after the bad one, %d" % i) for i in range(300)])
+    path = write_lines(tmp_path / "b.jsonl", lines)
+    out = tmp_path / "out"
+    flags = ["--input_dir", path, "--output_dir", out, "--name", "b", "--chunk_size", "4", "--files_per", "50"]
+    code, _, err = cli(capsys, *flags)
+    assert code == 2 and "line 1501" in one_error(err)
+    assert not [p for p in os.listdir(str(out)) if p.endswith(".incomplete")]  # the file being written is deleted
+    kept = {e["name"]: os.stat(os.path.join(str(out), e["name"])).st_mtime_ns
+            for e in read_manifest(out, "b")["files"]}
+    assert len(kept) >= 5
+    # Another chunk size would change the complete files: refused, saying how to resume or start over.
+    code, _, err = cli(capsys, *flags + ["--skip_bad_lines", "--chunk_size", "8"])
+    assert code == 2
+    line = one_error(err)
+    assert "(chunk_size differ) and lists %d complete file(s); rerun with those arguments to resume, pass " \
+           "--overwrite" % len(kept) in line
+
+    code, stdout, err = cli(capsys, *flags + ["--skip_bad_lines"])
+    assert code == 0, err
+    assert "1 bad lines" in stdout
+    assert {p: os.stat(os.path.join(str(out), p)).st_mtime_ns for p in kept} == kept  # not written again
+    clean = tmp_path / "clean"
+    assert cli(capsys, *flags[:3] + [clean] + flags[4:] + ["--skip_bad_lines"])[0] == 0
+    assert directory_bytes(out) == directory_bytes(clean)
+
+
+def test_skip_bad_lines_is_dropped_on_resume_only_while_no_line_was_skipped(tmp_path, monkeypatch, capsys):
+    lines = ([json_line("good line number %d" % i) for i in range(600)] + [b"oops\n"]
+             + [json_line("line after the bad one, %d" % i) for i in range(600)])
+    path = write_lines(tmp_path / "b.jsonl", lines)
+    flags = ["--input_dir", path, "--name", "b", "--chunk_size", "4", "--files_per", "50"]
+
+    def interrupted_run(out, records):
+        """A --skip_bad_lines run interrupted as its `records`th record is written."""
+        calls = {"n": 0}
+        original = records_module.RecordWriter.add
+
+        def add(self, tokens):
+            calls["n"] += 1
+            if calls["n"] == records:
+                raise Interrupt
+            original(self, tokens)
+        monkeypatch.setattr(records_module.RecordWriter, "add", add)
+        assert main(flags + ["--output_dir", str(out), "--skip_bad_lines", "--quiet"]) == 130
+        monkeypatch.undo()
+        return read_manifest(out, "b")["resume"]
+
+    # Interrupted after the bad line was skipped: without --skip_bad_lines the complete files would differ.
+    late = tmp_path / "late"
+    assert interrupted_run(late, 1200)["skipped"]["bad_lines"] == 1
+    before = directory_bytes(late)
+    code, _, err = cli(capsys, *flags + ["--output_dir", late])
+    assert code == 2 and "(skip_bad_lines differ)" in one_error(err)
+    assert directory_bytes(late) == before
+
+    # Interrupted before it: the rerun without --skip_bad_lines resumes and stops at the bad line as a run
+    # without it does; one with it again resumes to the output of an uninterrupted run.
+    early = tmp_path / "early"
+    assert interrupted_run(early, 200)["skipped"]["bad_lines"] == 0
+    code, _, err = cli(capsys, *flags + ["--output_dir", early])
+    assert code == 2 and "line 601" in one_error(err)
+    assert cli(capsys, *flags + ["--output_dir", early, "--skip_bad_lines"])[0] == 0
+    clean = tmp_path / "clean"
+    assert cli(capsys, *flags + ["--output_dir", clean, "--skip_bad_lines"])[0] == 0
+    assert directory_bytes(early) == directory_bytes(clean)
+
+
+@pytest.mark.parametrize("broken", ["a", "b"])
+def test_rerun_after_fixing_a_corrupt_input(tmp_path, capsys, broken):
+    """A .jsonl.zst that is really gzip, renamed to .jsonl.gz: when it is the second input, the files
+    complete from the first one are kept (the inputs up to there are the same); when it is the first,
+    no file was complete and the rerun starts over. Both end with the output of the corrected inputs."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        lines = [json_line("document %d of file %s" % (i, name)) for i in range(1200)]
+        write_lines(inputs / (name + (".jsonl.gz" if name == broken else ".jsonl.zst")), lines)
+    os.rename(str(inputs / (broken + ".jsonl.gz")), str(inputs / (broken + ".jsonl.zst")))
+    out = tmp_path / "out"
+    flags = ["--input_dir", inputs, "--output_dir", out, "--name", "c", "--chunk_size", "16", "--files_per", "20"]
+    code, _, err = cli(capsys, *flags)
+    assert code == 2 and "%s.jsonl.zst is corrupt" % broken in one_error(err)
+    stopped = read_manifest(out, "c")
+    if broken == "a":
+        assert stopped["files"] == []
+    else:
+        assert stopped["files"] and stopped["resume"]["file"] == 0
+
+    os.rename(str(inputs / (broken + ".jsonl.zst")), str(inputs / (broken + ".jsonl.gz")))
+    code, _, err = cli(capsys, *flags)
+    assert code == 0, err
+    clean = tmp_path / "clean"
+    assert cli(capsys, *flags[:3] + [clean] + flags[4:])[0] == 0
+    assert directory_bytes(out) == directory_bytes(clean)
 
 
 # ---------------------------------------------------------------------------------------------

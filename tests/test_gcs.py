@@ -125,7 +125,7 @@ def test_training_on_gcs_is_killed_resumes_and_samples(gcs_bucket, gcs_records, 
 
     assert run_main("--model", config, "--steps_per_checkpoint", str(EVERY)) == 0
     names = object_names(client, "model/")
-    for name in ("model/checkpoint", "model/model.ckpt-%d.index" % steps, "model/graph.pbtxt"):
+    for name in ("model/checkpoint", "model/model.ckpt-%d.index" % steps, "model/config.json"):
         assert name in names, names
     assert any(n.startswith("model/model.ckpt-%d.data-" % steps) for n in names), names
     assert tf.train.latest_checkpoint(model) == model + "/model.ckpt-%d" % steps

@@ -6,6 +6,7 @@ converter itself must run without them (checked by running the CLI with torch ma
 import json
 import os
 import pickle
+import stat
 import subprocess
 import sys
 import zipfile
@@ -19,7 +20,7 @@ from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 from convert import huggingface as hf
 from meshtf import tf
-from trainer.config import load_config
+from trainer.config import ConfigError, load_config
 
 TINY_HF = dict(n_vocab=50257, n_ctx=64, local_attention_radius=16, attention_types=[[["global", "local"], 1]],
                n_embd=32, n_head=4, n_layer=2)
@@ -286,6 +287,45 @@ def test_cli_errors(make_config, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         hf.main(["import", "--hf_dir", str(exported), "--output_dir", "y", "--dtype", "float16"])
     assert exit_.value.code == 2
+
+
+def test_export_runs_on_any_machine_whatever_the_training_mesh(tmp_path, capsys):
+    """A released config (mesh x:4,y:2) shrunk in its size keys, which its mesh no longer fits (batch 2
+    over x:4): training would refuse it, the export, which builds no mesh, converts its checkpoint."""
+    raw = json.load(open(os.path.join(REPO, "configs", "gpt_neo_125M.json")))
+    raw.update(n_embd=32, n_head=4, n_layer=2, n_ctx=64, attention_types=[[["global", "local"], 1]],
+               train_batch_size=2, model_path=str(tmp_path / "model"))
+    config_path = tmp_path / "neo_small.json"
+    config_path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="mesh dimension 'x'"):
+        load_config(str(config_path))
+    checkpoint = random_checkpoint(str(tmp_path / "model" / "model.ckpt"))
+
+    assert hf.main(["export", "--model", str(config_path), "--output_dir", str(tmp_path / "hf")]) == 0
+    assert "exported %s" % checkpoint in capsys.readouterr().out
+    exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (exported["hidden_size"], exported["num_layers"], exported["window_size"]) == (32, 2, 256)
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    stored = checkpoint_variables(checkpoint)
+    kernel = stored["gpt2/h1/mlp/conv1d_main/c_fc/kernel"][2]
+    assert np.array_equal(tensors["transformer.h.1.mlp.c_fc.weight"], kernel.T)
+
+
+def test_output_directories_get_mkdirs_mode(make_config, tmp_path):
+    """0777 less the umask, as mkdir gives (they are renamed from a staging directory, which must not
+    keep tempfile's 0700); their files 0666 less the umask."""
+    config = load_config(make_config("modes", **TINY_HF))
+    checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"), slots=False)
+    umask = os.umask(0o027)
+    try:
+        hf.export_hf(checkpoint, config, str(tmp_path / "hf"))
+        hf.import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))
+    finally:
+        os.umask(umask)
+    for directory in (tmp_path / "hf", tmp_path / "back"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o750
+        assert {stat.S_IMODE(f.stat().st_mode) for f in directory.iterdir()} == {0o640}
+    assert sorted(os.listdir(str(tmp_path))) == ["back", "ckpt", "dataset_configs", "hf", "modes.json"]
 
 
 def test_cli_round_trip_runs_without_torch(make_config, tmp_path):

@@ -39,10 +39,10 @@ def step_results(config, ids, devices=1):
         return randomize_and_run(lowering, fetches, devices=devices)[1]
 
 
-def assert_same_step(got, expected, rtol):
+def assert_same_step(got, expected, rtol, variables=2 + 2 * 13 + 2):
     (loss, grads), (expected_loss, expected_grads) = got, expected
     np.testing.assert_allclose(loss, expected_loss, rtol=rtol)
-    assert grads.keys() == expected_grads.keys() and len(grads) == 2 + 2 * 13 + 2
+    assert grads.keys() == expected_grads.keys() and len(grads) == variables
     for name in grads:
         scale = np.abs(expected_grads[name]).max()
         assert np.abs(grads[name] - expected_grads[name]).max() <= rtol * max(scale, 1e-3), name
@@ -65,6 +65,33 @@ def test_microbatched_loss_and_gradients_equal_the_whole_batch(mesh_shape, layou
     config = make(mesh_shape, layout, tokens_per_mb_per_replica=tokens, **common)
     assert microbatches(config) == expected_microbatches
     assert_same_step(step_results(config, ids, devices=config.mesh.size), whole, rtol=1e-5)
+
+
+# Experts in both layers (3 variables each instead of the MLP's 4), their balancing loss weighted 1 (so about as
+# large as the cross-entropy), second experts by threshold (the "random" policy draws by the microbatch's shape).
+EXPERTS = dict(n_ctx=16, local_attention_radius=4, train_batch_size=8, moe_layers=[0, 1], moe_params={
+    "moe_num_experts": 4, "moe_hidden_size": 8, "moe_loss_coef": 1.0, "moe_second_policy_train": "threshold"})
+
+
+@pytest.fixture(scope="module")
+def experts_whole_batch():
+    """ids, and the whole batch's step with experts (loss, gradients) and loss without their balancing loss."""
+    ids = np.random.RandomState(3).randint(0, 64, size=(8, 16))
+    unbalanced = dict(EXPERTS, moe_params=dict(EXPERTS["moe_params"], moe_loss_coef=0.0))
+    return ids, step_results(make(**EXPERTS), ids), step_results(make(**unbalanced), ids)[0]
+
+
+@pytest.mark.parametrize("mesh_shape,layout,expected_microbatches", [("x:1", "", 4), ("x:2", "batch:x", 2)])
+def test_microbatched_experts_loss_and_gradients_equal_the_whole_batch(experts_whole_batch, mesh_shape, layout,
+                                                                       expected_microbatches):
+    """The balancing loss, a mean over groups, counts once per step however many microbatches the step
+    runs (the original divided it by their number twice, so its weight shrank as they grew)."""
+    ids, whole, unbalanced_loss = experts_whole_batch
+    # E² · mean(fraction routed first × mean gate) is 1 per layer when balanced: 2.2 for these two.
+    assert whole[0] - unbalanced_loss > 2
+    config = make(mesh_shape, layout, tokens_per_mb_per_replica=32, **EXPERTS)
+    assert microbatches(config) == expected_microbatches
+    assert_same_step(step_results(config, ids, devices=config.mesh.size), whole, rtol=1e-5, variables=2 + 2 * 12 + 2)
 
 
 @pytest.mark.parametrize("tokens", [24, 48, 0])
@@ -92,11 +119,17 @@ def losses(config_path):
     return scalars(json.load(open(config_path))["model_path"], "loss")
 
 
-@pytest.mark.parametrize("mesh_shape,tokens", [("x:1", 32), ("x:2", 32)])
-def test_training_with_microbatches_equals_whole_batches(make_config, mesh_shape, tokens):
-    """main.py, 10 steps of 4 rows of 32 tokens: 4 microbatches on one device, 2 per replica on two."""
-    whole = make_config("whole")
-    micro = make_config("micro", mesh_shape=mesh_shape, layout="batch:x", tokens_per_mb_per_replica=tokens)
+@pytest.mark.parametrize("mesh_shape,tokens,features", [
+    ("x:1", 32, {}),
+    ("x:2", 32, {}),
+    ("x:1", 64, {"moe_layers": [1], "moe_params": EXPERTS["moe_params"]}),
+], ids=["one-device", "two-replicas", "experts"])
+def test_training_with_microbatches_equals_whole_batches(make_config, mesh_shape, tokens, features):
+    """main.py, 10 steps of 4 rows of 32 tokens: 4 microbatches on one device, 2 per replica on two, and 2
+    with experts in a layer (the logged loss includes their balancing loss)."""
+    whole = make_config("whole", **features)
+    micro = make_config("micro", mesh_shape=mesh_shape, layout="batch:x", tokens_per_mb_per_replica=tokens,
+                        **features)
     assert run_main("--model", whole) == 0 and run_main("--model", micro) == 0
     expected, got = losses(whole), losses(micro)
     assert sorted(got) == sorted(expected) == list(range(1, 11))

@@ -1,6 +1,10 @@
 """main.py --predict on a trained checkpoint: greedy equals HuggingFace's generate; outputs (bad prompts: tests/test_bad_inputs.py)."""
 import json
+import logging
 import os
+import re
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,7 +14,8 @@ from reference_models import hf_model_from_mesh_tf_checkpoint
 from convert.huggingface import export_hf
 from inputs.tokenizer import load_tokenizer
 from meshtf import tf
-from trainer.config import load_config
+from trainer.config import ConfigError, load_config
+from trainer.predict import write_samples
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,61 @@ def test_default_output_goes_under_model_path(trained):
     assert run_main("--model", path, "--predict", "--max_new_tokens", "3") == 0
     assert tf.io.gfile.exists(os.path.join(raw["model_path"], "predictions_8.jsonl"))
     assert not os.path.exists("predictions_8.jsonl")
+
+
+def test_an_unwritable_output_stops_before_sampling(trained, tmp_path, capsys):
+    """Root may write anywhere, except under a regular file (tests/test_bad_inputs.py has the message)."""
+    path, raw = trained
+    (tmp_path / "a_file").write_text("")
+    assert run_main("--model", path, "--predict", "--output", str(tmp_path / "a_file" / "x")) == 2
+    out, err = capsys.readouterr()
+    assert "SAMPLE" not in out and err.startswith("error: cannot write the samples to %s/a_file/x.txt" % tmp_path)
+
+
+def test_samples_go_to_the_temp_directory_when_the_output_fails_after_sampling(trained, tmp_path, capsys,
+                                                                                monkeypatch):
+    """The output directory turns into a file while the samples are printed (after sampling, before
+    writing them): they are written to the system's temp directory, and the error says where."""
+    path, raw = trained
+    out = tmp_path / "out"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def break_output(record):
+        if " SAMPLE 0 " in record.getMessage():
+            shutil.rmtree(out)
+            out.write_text("")
+        return True
+
+    logger = logging.getLogger("gptneo")
+    logger.addFilter(break_output)
+    try:
+        code = run_main("--model", path, "--predict", "--num_samples", "2", "--max_new_tokens", "3",
+                        "--output", str(out / "x"))
+    finally:
+        logger.removeFilter(break_output)
+    printed, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err
+    [line] = [line for line in err.splitlines() if "error: " in line]
+    saved = re.fullmatch(re.escape("error: cannot write the samples to %s/x.txt (%s/x.txt.incomplete; Not a "
+                                   "directory), so they are in " % (out, out)) + r"(\S+/x)" +
+                         re.escape(".txt and .jsonl instead; give --output a path in a writable directory"), line)
+    assert saved and os.path.dirname(saved.group(1)).startswith(str(tmp_path / "gptneo_samples_")), line
+    samples = [json.loads(line) for line in open(saved.group(1) + ".jsonl")]
+    assert [s["sample_index"] for s in samples] == [0, 1] and all(1 <= len(s["tokens"]) <= 3 for s in samples)
+    text = open(saved.group(1) + ".txt").read()
+    assert text.count(" SAMPLE ") == 2 and all(s["prompt"] + s["text"] in text + printed for s in samples)
+
+
+def test_samples_that_cannot_be_written_anywhere_are_pointed_to_in_the_output(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "a_file" / "temp"))
+    with pytest.raises(ConfigError) as e:
+        write_samples(str(tmp_path / "a_file" / "x"), {".txt": "text", ".jsonl": "{}\n"})
+    assert re.fullmatch(re.escape("cannot write the samples to {0}/a_file/x.txt ({0}/a_file/x.txt.incomplete; Not a "
+                                  "directory), nor to the system's temp directory ([Errno 20] Not a directory: "
+                                  "'{0}/a_file/temp/gptneo_samples_".format(tmp_path)) +
+                        r"\w+'\): copy them from the output above; give --output a path in a writable directory",
+                        str(e.value)), str(e.value)
 
 
 def test_continuation_cuts_at_eos_and_limit():

@@ -1,8 +1,9 @@
 """Training survives interruptions and refuses bad state, through the real main.py: kill -9 at any
 point (also while a checkpoint is written) and SIGTERM/SIGINT (a checkpoint at the step, exit 0)
 resume to the same losses; incomplete checkpoints are skipped for the previous complete one;
-checkpoints of another config are a one-line error; a diverged run stops without saving; loss
-spikes are skipped exactly, also across a resume."""
+checkpoints of another config are a one-line error; a diverged run stops without saving, and a full
+disk ends training with one line and the last complete checkpoint; loss spikes are skipped exactly,
+also across a resume."""
 import json
 import os
 import random
@@ -266,6 +267,64 @@ def test_divergence_stops_without_saving(make_config, capsys, lr, message, newes
     assert latest_step(path) == newest
     reader = tf.train.load_checkpoint(latest_checkpoint(path))
     assert all(np.isfinite(reader.get_tensor(name)).all() for name in reader.get_variable_to_shape_map())
+
+
+# In a mount namespace of its own: model_path on a 58 MiB tmpfs, which holds the tiny model's graph
+# files (~7 MB) and two checkpoints (~21 MB each) but not a third; training runs three times, the
+# third after the tmpfs has grown (space freed), and each run's model_path is copied out for the test.
+FULL_DISK = """
+mount -t tmpfs -o size=58m tmpfs "$1" || exit 99
+for run in 1 2 3; do
+    if [ $run = 3 ]; then mount -o remount,size=200m "$1"; fi
+    "$2" main.py --model "$3" --steps_per_checkpoint 5 >"$4/out$run" 2>"$4/err$run"
+    echo $? >"$4/status$run"
+    cp -a "$1/model" "$4/model$run"
+done
+"""
+
+
+def test_a_full_disk_ends_training_with_one_line_keeping_the_last_checkpoint(make_config, tmp_path):
+    """A real full disk (a tmpfs; it needs root, as in CI): the save at step 10 fails, and the run ends
+    with one line and no trace of the failed save; run again on the full disk (a resumed run first
+    saves the step it restored, 5, again), the same; once there is space, training resumes from step 5
+    with the same losses."""
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    config = train_config(make_config, "full", train_steps=12, model_path=str(disk / "model"))
+    try:
+        mount = subprocess.run(["unshare", "-m", "sh", "-c", FULL_DISK, "sh", str(disk), sys.executable, config,
+                                str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        pytest.skip("`unshare` (util-linux) is not installed: the full disk is a tmpfs in a mount namespace")
+    if not (out / "status1").exists():
+        pytest.skip("cannot mount a tmpfs in a mount namespace (`unshare -m` and `mount` need root, as "
+                    "tests/isolated.sh runs in CI): " + mount.stderr.strip())
+
+    path = str(disk / "model")
+    for run, step in ((1, 10), (2, 5)):
+        err = (out / ("err%d" % run)).read_text()
+        assert (out / ("status%d" % run)).read_text() == "2\n", err
+        assert [line for line in err.splitlines() if "error: " in line] == [
+            "error: the disk of `model_path` %s is full (No space left on device): saving the checkpoint of step %d "
+            "failed; the newest complete checkpoint, model.ckpt-5, is kept: free space and run the same command "
+            "again to resume from it" % (path, step)], err
+        assert "Traceback" not in err
+        copy = str(out / ("model%d" % run))
+        assert latest_checkpoint(copy) == copy + "/model.ckpt-5" and incomplete(copy + "/model.ckpt-5") is None
+        assert [n for n in os.listdir(copy) if "_temp" in n or n.startswith("model.ckpt-10")] == []
+
+    assert (out / "status3").read_text() == "0\n", (out / "err3").read_text()
+    assert re.findall(r"^\S+ step (\d+) \|", (out / "out3").read_text(), re.M) == [str(s) for s in range(6, 13)]
+    copy = str(out / "model3")
+    assert latest_step(copy) == 12
+    # Steps 6-10 ran twice: before the disk filled up, and after the resume from step 5.
+    events = scalar_events(copy, "loss")
+    assert sorted(step for step, _ in events) == list(range(1, 6)) + sorted(2 * list(range(6, 11))) + [11, 12]
+    first = {}
+    for step, loss in events:
+        first.setdefault(step, loss)
+    assert_losses_repeat(copy, first)
 
 
 def test_loss_spikes_are_skipped_counted_and_resumed_exactly(make_config, capsys):

@@ -15,18 +15,31 @@ Output: `<name>_<index>_<records>.tfrecords` (the count is what the sequential r
 bytes and sha256, plus the inputs, tokenizer and arguments. Files are numbered in document
 order (inputs in natural-sort order), so the output does not depend on --processes.
 
-Resumable: an interrupted run, started again with the same arguments, continues after the last
-complete file and ends with byte-identical output. Files appear under their final name only
-when complete.
+Resumable: a stopped run (Ctrl-C, kill -9, a bad input line), started again with the same
+arguments, continues after the last complete file and ends with output byte-identical to an
+uninterrupted run. Files appear under their final name only when complete. Two arguments may change
+on resume, as the complete files stay what the new ones would write: --input_dir after the input
+file the last complete file ended in (a corrupt shard fixed or renamed, shards added), and
+--skip_bad_lines while no line was skipped before that point. A run that completed no file leaves
+nothing to resume: a rerun with other arguments starts over. Otherwise other arguments are refused;
+--overwrite deletes this --name's files (nothing else) and starts over.
+
+Ctrl-C stops at once (a file's rename and its manifest entry are never cut apart), keeps the
+complete files, prints the command that resumes and exits with status 130 (the shell's for SIGINT).
 """
 import argparse
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
 import os
+import re
+import shlex
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -54,10 +67,11 @@ class ConversionError(ValueError):
 _worker_tokenizer = None
 
 
-def _start_worker(tokenizer_json, one_thread=False):
+def _start_worker(tokenizer_json, worker_process=False):
     global _worker_tokenizer
-    if one_thread:  # in each of several worker processes: N processes use N cores
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if worker_process:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread each: N processes use N cores
+        signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's: it stops the pool
     _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
 
 
@@ -97,7 +111,7 @@ def tokenized(documents, tokenizer, processes):
         executor = concurrent.futures.ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
             initargs=(tokenizer.to_str(), True))
-    with executor:
+    try:
         pending = collections.deque()
         for positions, texts, size in _batches(documents):
             pending.append((positions, executor.submit(_encode, texts), size))
@@ -105,6 +119,8 @@ def tokenized(documents, tokenizer, processes):
                 yield from _per_document(*pending.popleft())
         while pending:
             yield from _per_document(*pending.popleft())
+    finally:  # also when stopped (Ctrl-C, a bad line): batches not started are dropped
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _per_document(positions, encoded, size):
@@ -118,7 +134,7 @@ def _per_document(positions, encoded, size):
 
 
 def _arguments(files, tokenizer_path, mode, chunk_size, files_per, separator, minimum_size, options, name):
-    """What decides the output bytes; a resumed run must match it exactly."""
+    """What decides the output bytes; a resumed run must match it (but see `_changed`)."""
     return {"inputs": files, "tokenizer": tokenizer_path, "mode": mode, "chunk_size": chunk_size,
             "files_per": files_per, "separator": separator, "minimum_size": minimum_size, "name": name,
             "pile_set_names": list(options.pile_set_names), "ftfy": options.ftfy,
@@ -131,8 +147,11 @@ def manifest_path(output_dir, name):
 
 def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mode="chunks", chunk_size=2048,
                      files_per=100000, separator=None, minimum_size=1, processes=1, options=TextOptions(),
-                     progress=False):
-    """Convert `inputs` (files, directories, globs) to TFRecords in `output_dir`; return the manifest."""
+                     progress=False, overwrite=False):
+    """Convert `inputs` (files, directories, globs) to TFRecords in `output_dir`; return the manifest.
+
+    `overwrite` deletes this `name`'s files in `output_dir` first (see `_own_files`).
+    """
     if mode not in MODES:
         raise ConversionError("--mode must be one of %s, got %r" % (", ".join(MODES), mode))
     if chunk_size < 1 or files_per < 1 or minimum_size < 0 or processes < 1:
@@ -148,7 +167,7 @@ def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mod
         raise ConversionError("--separator %d is outside the tokenizer's vocabulary (0..%d)" % (separator, vocab_size - 1))
 
     arguments = _arguments(files, tokenizer_path, mode, chunk_size, files_per, separator, minimum_size, options, name)
-    manifest = _start_or_resume(output_dir, name, arguments, vocab_size)
+    manifest = _start_or_resume(output_dir, name, arguments, vocab_size, overwrite)
     if manifest["complete"]:
         return manifest
     state = manifest["resume"]
@@ -158,36 +177,63 @@ def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mod
 
     pending = list(state["pending"])  # chunks mode: tokens after the last record of the last complete file
     writer = None
-    for position, tokens, characters in tokenized(documents, tokenizer, processes):
-        meter.update(characters, len(tokens))
-        manifest["documents"] += 1
-        if mode == "documents":
-            if len(tokens) + 1 < max(minimum_size, 1):
-                manifest["short_documents"] += 1
-                continue
-            pieces, pending = [tokens + [separator]], []
-        else:
-            pending.extend(tokens)
-            pending.append(separator)
-            cut = len(pending) - len(pending) % (chunk_size + 1)
-            pieces = [pending[i:i + chunk_size + 1] for i in range(0, cut, chunk_size + 1)]
-            pending = pending[cut:]
-        for i, piece in enumerate(pieces):
-            writer = writer or records.RecordWriter(_temp_name(output_dir, name, len(manifest["files"])))
-            writer.add(piece)
-            if writer.records == files_per:
-                leftover = [t for p in pieces[i + 1:] for t in p] + pending
-                _finish_file(manifest, writer, output_dir, name, position, leftover)
+    try:
+        with contextlib.closing(tokenized(documents, tokenizer, processes)) as stream:
+            for position, tokens, characters in stream:
+                meter.update(characters, len(tokens))
+                manifest["documents"] += 1
+                if mode == "documents":
+                    if len(tokens) + 1 < max(minimum_size, 1):
+                        manifest["short_documents"] += 1
+                        continue
+                    pieces, pending = [tokens + [separator]], []
+                else:
+                    pending.extend(tokens)
+                    pending.append(separator)
+                    cut = len(pending) - len(pending) % (chunk_size + 1)
+                    pieces = [pending[i:i + chunk_size + 1] for i in range(0, cut, chunk_size + 1)]
+                    pending = pending[cut:]
+                for i, piece in enumerate(pieces):
+                    writer = writer or records.RecordWriter(_temp_name(output_dir, name, len(manifest["files"])))
+                    writer.add(piece)
+                    if writer.records == files_per:
+                        leftover = [t for p in pieces[i + 1:] for t in p] + pending
+                        with _ctrl_c_held():
+                            _finish_file(manifest, writer, output_dir, name, position, leftover)
+                        writer = None
+        with _ctrl_c_held():  # the last file and the complete manifest together
+            if writer:
+                _finish_file(manifest, writer, output_dir, name, None, pending)
                 writer = None
-    if writer:
-        _finish_file(manifest, writer, output_dir, name, None, pending)
-    manifest["discarded_tokens"] = len(pending) if mode == "chunks" else 0
-    manifest["skipped"] = vars(skipped)
-    manifest["complete"] = True
-    manifest["resume"] = None
-    records.write_json(manifest_path(output_dir, name), manifest)
-    meter.close()
+            manifest["discarded_tokens"] = len(pending) if mode == "chunks" else 0
+            manifest["skipped"] = vars(skipped)
+            manifest["complete"] = True
+            manifest["resume"] = None
+            records.write_json(manifest_path(output_dir, name), manifest)
+    except BaseException:  # Ctrl-C, a bad input line: keep only complete files
+        if writer:
+            writer.discard()
+        raise
+    finally:
+        meter.close()
     return manifest
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """Ctrl-C (SIGINT) inside the block takes effect at its end, so a file is never renamed without
+    its manifest entry. Signals reach only the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed and callable(previous):
+        previous(signal.SIGINT, pressed[0])  # the default handler raises KeyboardInterrupt
 
 
 def _temp_name(output_dir, name, index):
@@ -210,37 +256,97 @@ def _finish_file(manifest, writer, output_dir, name, position, pending):
         records.write_json(manifest_path(output_dir, name), manifest)
 
 
-def _start_or_resume(output_dir, name, arguments, vocab_size):
+def _start_or_resume(output_dir, name, arguments, vocab_size, overwrite):
     path = manifest_path(output_dir, name)
     try:
         tf.io.gfile.makedirs(output_dir)
     except tf.errors.OpError as e:
         raise ConversionError("cannot create --output_dir %s: %s" % (output_dir, e.message.splitlines()[0])) from None
-    if tf.io.gfile.exists(path):
-        manifest = records.read_json(path)
-        if manifest.get("arguments") != arguments:
-            changed = sorted(k for k in arguments if manifest.get("arguments", {}).get(k) != arguments[k])
-            raise ConversionError("%s was written with other arguments (%s differ); rerun with the same "
-                                  "arguments to resume, or use another --output_dir or --name"
-                                  % (path, ", ".join(changed) or "the manifest version"))
-        if not manifest["complete"]:
-            resume = manifest["resume"]
-            # Counters as they were when the last complete file was written.
-            manifest["documents"] = resume["documents"]
-            manifest["short_documents"] = resume["short_documents"]
-        return manifest
-    existing = tf.io.gfile.glob("%s/%s_*.tfrecords" % (output_dir.rstrip("/"), name))
-    if existing:
-        raise ConversionError("%s already holds %s but no %s: refusing to mix runs; choose another --output_dir "
-                              "or --name" % (output_dir, existing[0].rsplit("/", 1)[-1], path.rsplit("/", 1)[-1]))
+    manifest = records.read_json(path) if tf.io.gfile.exists(path) else None
+    if manifest and manifest["files"] and not overwrite:
+        return _resume(output_dir, manifest, arguments)
+    start_over = bool(manifest) or overwrite  # this manifest lists no file: its run left nothing to keep
+    own = _own_files(name)
+    found = [p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob("%s/%s_*.tfrecords" % (output_dir.rstrip("/"), name))]
+    other = next((f for f in found if not own.fullmatch(f)), None)
+    if other:
+        raise ConversionError("%s already holds %s, which the dataset glob %s_*.tfrecords would also match: refusing "
+                              "to mix runs; choose another --output_dir or --name" % (output_dir, other, name))
+    if found and not start_over:
+        raise ConversionError("%s already holds %s but no %s: refusing to mix runs; pass --overwrite to delete this "
+                              "--name's files and start over, or choose another --output_dir or --name"
+                              % (output_dir, found[0], path.rsplit("/", 1)[-1]))
+    # Starting over: this --name's files, or *.incomplete ones of a run stopped before it had a manifest.
+    _delete_own_files(output_dir, name)
     manifest = {"version": MANIFEST_VERSION, "arguments": arguments, "vocab_size": vocab_size, "files": [],
                 "records": 0, "tokens": 0, "documents": 0, "short_documents": 0, "discarded_tokens": 0,
                 "skipped": vars(SkipCounts()), "complete": False,
                 "resume": {"file": 0, "document": 0, "pending": [], "skipped": vars(SkipCounts()),
                            "documents": 0, "short_documents": 0}}
     # Written before any record file, so every final-named file has a manifest to resume from.
-    records.write_json(path, manifest)
+    with _ctrl_c_held():
+        records.write_json(path, manifest)
     return manifest
+
+
+def _resume(output_dir, manifest, arguments):
+    """Continue the run `manifest` describes (or return it, complete) if `arguments` would write its
+    complete files; it then records `arguments`, as a run with them from scratch would."""
+    name = arguments["name"]
+    path = manifest_path(output_dir, name)
+    changed = _changed(manifest, arguments)
+    if changed:
+        raise ConversionError(
+            "%s was written with other arguments (%s differ) and lists %d complete file(s); %spass --overwrite to "
+            "delete %s.manifest.json and the %s_<index>_<records>.tfrecords files and start over, or choose another "
+            "--output_dir or --name" % (path, ", ".join(changed), len(manifest["files"]),
+                                        "" if manifest["complete"] else "rerun with those arguments to resume, ",
+                                        name, name))
+    # Files a stopped run renamed before its manifest listed them, and its *.incomplete ones.
+    _delete_own_files(output_dir, name, keep={e["name"] for e in manifest["files"]} | {path.rsplit("/", 1)[-1]})
+    if not manifest["complete"]:
+        manifest["arguments"] = arguments
+        resume = manifest["resume"]
+        # Counters as they were when the last complete file was written.
+        manifest["documents"] = resume["documents"]
+        manifest["short_documents"] = resume["short_documents"]
+    return manifest
+
+
+def _changed(manifest, arguments):
+    """The arguments that differ from the manifest's in a way that changes its complete files.
+
+    Resuming, two may differ: `inputs` after the file the last complete file ended in (the complete
+    files were cut from the files up to it), and `skip_bad_lines` while no line was skipped up to
+    there (so none was bad: a run without it would have stopped). A complete run has nothing to
+    resume: any difference counts.
+    """
+    if manifest.get("version") != MANIFEST_VERSION:
+        return ["the manifest version"]
+    old, resume = manifest["arguments"], manifest["resume"]
+    changed = sorted(k for k in arguments if old.get(k) != arguments[k])
+    if resume is None:
+        return changed
+    read = resume["file"] + 1
+    same_complete_files = {"inputs": old["inputs"][:read] == arguments["inputs"][:read],
+                           "skip_bad_lines": resume["skipped"]["bad_lines"] == 0}
+    return [k for k in changed if not same_complete_files.get(k)]
+
+
+def _own_files(name):
+    """The names of this --name's files, exactly: its manifest, record files and their temporary
+    names. Another name's never match (`a_1`'s records are a_1_<i>_<n>.tfrecords, `a`'s a_<i>_<n>)."""
+    return re.compile(re.escape(name) + r"(\.manifest\.json(\.incomplete)?|_\d+_\d+\.tfrecords"
+                                        r"|_\d+\.tfrecords\.incomplete)")
+
+
+def _delete_own_files(output_dir, name, keep=()):
+    """Delete this --name's files in `output_dir` but those in `keep`; the manifest first, so no
+    manifest ever lists a deleted file."""
+    own = _own_files(name)
+    doomed = [f for f in tf.io.gfile.listdir(output_dir) if own.fullmatch(f) and f not in keep]
+    for f in sorted(doomed, key=lambda f: f != name + ".manifest.json"):
+        tf.io.gfile.remove("%s/%s" % (output_dir.rstrip("/"), f))
 
 
 class _Progress:
@@ -306,7 +412,9 @@ def write_dataset_config(path, manifest, output_dir, tokenizer_path, split="trai
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: the resume command drops --overwrite by its full name.
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--input_dir", nargs="+", required=True,
                    help="input files, directories or globs (*.jsonl.zst, *.jsonl, *.jsonl.gz, *.jsonl.xz, *.txt), "
                         "local or gs://")
@@ -333,17 +441,21 @@ def parse_args(argv=None):
                    help="write or update this dataset config JSON (e.g. configs/dataset_configs/mydata.json)")
     p.add_argument("--dataset_split", choices=("train", "eval"), default="train",
                    help="which glob of the dataset config these records are: path (train) or eval_path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: first delete this --name's files in --output_dir (<name>.manifest.json, "
+                        "<name>_<index>_<records>.tfrecords and their *.incomplete files; nothing else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     options = TextOptions(tuple(args.pile_set_name), args.ftfy, args.wikitext_detokenize, args.skip_bad_lines)
     try:
         manifest = create_tfrecords(args.input_dir, args.output_dir, args.encoder_path, args.name, args.mode,
                                     args.chunk_size, args.files_per, args.separator, args.minimum_size,
-                                    args.processes, options, progress=not args.quiet)
+                                    args.processes, options, progress=not args.quiet, overwrite=args.overwrite)
         if not manifest["files"]:
             raise ConversionError("the input holds fewer tokens than one record (%d): nothing written; use a "
                                   "smaller --chunk_size or more text" % (args.chunk_size + 1))
@@ -356,6 +468,10 @@ def main(argv=None):
     except tf.errors.OpError as e:  # unreadable input, unwritable output, missing bucket
         print("error: %s" % e.message.splitlines()[0], file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the complete files in %s are kept; resume with: %s"
+              % (args.output_dir, _resume_command(argv)), file=sys.stderr)
+        return 130
     skipped = manifest["skipped"]
     print("wrote %d file(s), %d records, %d tokens from %d documents to %s (skipped: %d bad lines, %d filtered, "
           "%d empty, %d short; %d tokens left over)" % (
@@ -363,6 +479,12 @@ def main(argv=None):
               args.output_dir, skipped["bad_lines"], skipped["filtered"], skipped["empty"],
               manifest["short_documents"], manifest["discarded_tokens"]))
     return 0
+
+
+def _resume_command(argv):
+    """The command that resumes a run given `argv`: the same, without --overwrite (which starts over)."""
+    same = [a for a in argv if a != "--overwrite"]
+    return shlex.join([sys.executable, "-m", "tfrecords_tools.create_tfrecords"] + same)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,13 @@ class RecordWriter:
         return {"name": path.rsplit("/", 1)[-1], "records": self.records, "tokens": self.tokens,
                 "bytes": self.bytes, "sha256": self._sha.hexdigest()}
 
+    def discard(self):
+        """Close and delete the temporary file (also after `finish`, when there is none). Closed
+        first: on gs:// an object appears only when its file is closed."""
+        self._file.close()
+        if tf.io.gfile.exists(self._temp):
+            tf.io.gfile.remove(self._temp)
+
 
 def write_atomically(path, data):
     """Write to `<path>.incomplete`, then rename: readers never see a partial file under `path`."""

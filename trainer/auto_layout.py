@@ -46,7 +46,7 @@ from models import dims as names
 from models import layers
 from models.dims import Dims
 from models.gpt import gpt, token_losses
-from trainer.config import ConfigError, MeshConfig, check_batch_layout, validate
+from trainer.config import ConfigError, MeshConfig, validate
 from trainer.memory import GiB, USABLE, DeviceMemory, training_step
 from trainer.optimizer import gradients
 from trainer.preflight import preflight
@@ -341,9 +341,6 @@ def _with_mesh(config, mesh_shape, layout):
     candidate = dataclasses.replace(config, mesh=MeshConfig(mesh_shape=mesh_shape, layout=layout))
     try:
         validate(candidate)
-        check_batch_layout(candidate, "train")
-        if candidate.train.evaluates:  # as main.py checks before training
-            check_batch_layout(candidate, "eval")
     except ConfigError:
         return None
     return candidate

@@ -4,6 +4,7 @@ restoring only checkpoints that are complete and fit the model.
 Only master variables (full, unsplit shapes, the original's names) and `global_step` are saved;
 per-device slices are copied to the masters just before each save.
 """
+import errno
 import logging
 import os
 
@@ -19,21 +20,63 @@ log = logging.getLogger("gptneo")
 
 
 class CheckpointError(ConfigError):
-    """A checkpoint in `model_path` cannot be restored into this model; worded for the user."""
+    """A checkpoint in `model_path` cannot be restored into this model, or cannot be written for lack of
+    space; worded for the user."""
 
 
 def saver_hook(config, lowering, save_steps, listeners=()):
     """The CheckpointSaverHook; `listeners` run before and after each save, after ours."""
     t = config.train
-    saver = tf.train.Saver(tf.global_variables(), sharded=True, max_to_keep=t.keep_checkpoint_max,
-                           # 10000 hours is the Saver's own "never".
-                           keep_checkpoint_every_n_hours=t.keep_checkpoint_every_n_hours or 10000.0,
-                           defer_build=False, save_relative_paths=True)
+    saver = _Saver(tf.global_variables(), sharded=True, max_to_keep=t.keep_checkpoint_max,
+                   # 10000 hours is the Saver's own "never".
+                   keep_checkpoint_every_n_hours=t.keep_checkpoint_every_n_hours or 10000.0,
+                   defer_build=False, save_relative_paths=True)
     # The estimator's scaffold restores with the saver it finds in this collection.
     tf.add_to_collection(tf.GraphKeys.SAVERS, saver)
-    return tf.train.CheckpointSaverHook(config.model_path, save_steps=save_steps, saver=saver,
+    # No graph.pbtxt: the text form of a mesh graph takes seconds to write (TensorBoard gets the graph anyway).
+    return tf.train.CheckpointSaverHook(config.model_path, save_steps=save_steps, saver=saver, save_graph_def=False,
                                         listeners=[mtf.MtfCheckpointSaverListener(lowering),
                                                    RefuseNonFinite(config.model_path), *listeners])
+
+
+# What the OS says when a disk or a quota is full; TensorFlow's error messages end with it.
+_NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+class _Saver(tf.train.Saver):
+    """The Saver, except that a save failing for lack of space deletes what it wrote and raises a
+    CheckpointError (which ends training); the complete checkpoints stay as they were."""
+
+    def save(self, sess, save_path, global_step, **kwargs):
+        try:
+            return super().save(sess, save_path, global_step, **kwargs)
+        except tf.errors.OpError as e:
+            reason = next((text for text in _NO_SPACE if text in e.message), None)
+            if reason is None:
+                raise
+        model_path = os.path.dirname(save_path)
+        _remove_unfinished("%s-%d" % (save_path, global_step))
+        kept = latest_checkpoint(model_path)
+        then = ("the newest complete checkpoint, %s, is kept: free space and run the same command again to resume "
+                "from it" % os.path.basename(kept)) if kept else \
+            "there is no complete checkpoint yet: free space and run the same command again"
+        raise CheckpointError("the disk of `model_path` %s is full (%s): saving the checkpoint of step %d failed; %s"
+                              % (model_path, reason, global_step, then))
+
+
+def _remove_unfinished(prefix):
+    """Delete what a failed save of the checkpoint `prefix` left: the shards in its temporary
+    directory, a half-written graph (`.meta`), and files already merged under `prefix`, unless the
+    `checkpoint` file lists `prefix` (a resumed run first saves the step it restored, over itself)."""
+    state = tf.train.get_checkpoint_state(os.path.dirname(prefix))
+    listed = state is not None and os.path.basename(prefix) in {
+        os.path.basename(p) for p in state.all_model_checkpoint_paths}
+    patterns = [prefix + "_temp*", prefix + (".meta.tmp*" if listed else ".*")]
+    for path in {p for pattern in patterns for p in tf.io.gfile.glob(pattern)}:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
 
 
 def incomplete(prefix):
@@ -154,9 +197,13 @@ def restore_scaffold_fn(model_path, log, then=None):
         init = tf.group(ops + [tf.train.Scaffold.default_local_init_op()])
         if then is not None and not ops:
             init = tf.group(init, then())
+        # Restoring a subset, the local init op (which makes the rest) waits for that subset only.
+        # Otherwise the default check, which only a session builds: --export runs none on the
+        # scaffold, and TensorFlow logs an ERROR for a check that was built and never run.
+        subset = restored != variables
         return tf.train.Scaffold(
-            saver=tf.train.Saver(restored, sharded=True) if restored != variables else None,
-            ready_for_local_init_op=tf.report_uninitialized_variables(restored),
+            saver=tf.train.Saver(restored, sharded=True) if subset else None,
+            ready_for_local_init_op=tf.report_uninitialized_variables(restored) if subset else None,
             local_init_op=init)
 
     return scaffold_fn

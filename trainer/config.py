@@ -132,10 +132,11 @@ class PredictConfig:
     predict_max_steps: Optional[int] = None  # new tokens per sample; None = up to n_ctx
     num_samples: int = 1              # samples per prompt
     remove_partial_sequences: bool = False   # output only the continuation, not the prompt
+    entmax_sampling: bool = False     # new key (the original's flag): sample from 1.3-entmax, not softmax
 
     def sampling(self, seed):
         return SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              max_new_tokens=self.predict_max_steps, seed=seed)
+                              max_new_tokens=self.predict_max_steps, seed=seed, entmax=self.entmax_sampling)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,16 @@ class MeshConfig:
 
     def mesh_dim_of(self, tensor_dim):
         return dict(self.layout).get(tensor_dim)
+
+    def for_decoding(self, batch_size):
+        """The layout sampling runs with, on the same mesh: this one without splits of lengths
+        (dims.LENGTH_DIMS), so caches split by batch and heads as laid out, and without the split of
+        `batch` when `batch_size` (predict_batch_size) does not divide over it: every device then
+        samples the whole batch. Checkpoints store whole variables, so any layout restores them."""
+        sizes = dict(self.mesh_shape)
+        kept = tuple((t, m) for t, m in self.layout
+                     if t not in dims.LENGTH_DIMS and not (t == dims.BATCH and batch_size % sizes[m]))
+        return dataclasses.replace(self, layout=kept)
 
 
 @dataclass(frozen=True)
@@ -287,13 +298,30 @@ def dataset_config_dirs(model_config_path):
 def load_config(name_or_path, overrides=None):
     """Read a model config and its dataset configs into a validated `Config`.
 
-    `overrides` replaces top-level keys before validation (used by tests and flags).
+    `overrides` replaces top-level keys before validation (`key=value` arguments, flags, tests).
     """
     path = resolve_model_path(name_or_path)
-    raw = read_json(path, "model config")
-    raw.update(overrides or {})
     name = os.path.splitext(os.path.basename(path))[0]
-    return build_config(raw, name, dataset_config_dirs(path))
+    return build_config(raw_config(name_or_path, overrides), name, dataset_config_dirs(path))
+
+
+def parse_overrides(items):
+    """["n_layer=2", "mesh_shape=x:1,y:2"] -> {"n_layer": 2, "mesh_shape": "x:1,y:2"}: JSON values, else strings."""
+    overrides = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        if not equals or not key:
+            raise ValueError("%r is not KEY=VALUE: config keys are replaced as n_layer=2 (flags start with --)" % item)
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return overrides
+
+
+def raw_config(name_or_path, overrides=None):
+    """The model config's keys as the file has them, with `overrides` applied (what a run records)."""
+    return dict(read_json(resolve_model_path(name_or_path), "model config"), **(overrides or {}))
 
 
 def build_config(raw, name, dataset_dirs):
@@ -535,8 +563,6 @@ def validate(config):
         raise ConfigError("`model` must be \"GPT\" (the only model GPT-Neo has), got %r" % m.model)
     if t.train_steps < 0 or t.eval_steps < 0 or t.warmup_steps < 0:
         raise ConfigError("`train_steps`, `eval_steps` and `warmup_steps` must not be negative")
-    if t.eval_steps > 0 and not t.eval_batch_size:
-        raise ConfigError("`eval_steps` is %d but `eval_batch_size` is not set" % t.eval_steps)
     if t.lr < 0:
         raise ConfigError("`lr` must not be negative, got %g" % t.lr)
     # Random ops are keyed by int32 seeds (TPUs take no wider keys).
@@ -552,6 +578,9 @@ def validate(config):
         raise ConfigError("sampling keys out of range: temperature >= 0 (0 = greedy), top_k >= 0 (0 = off), "
                           "0 < top_p <= 1, num_samples >= 1; got temperature %g, top_k %d, top_p %g, num_samples %d"
                           % (p.temperature, p.top_k, p.top_p, p.num_samples))
+    if p.entmax_sampling and (p.top_k or p.top_p < 1):
+        raise ConfigError("`entmax_sampling` samples from 1.3-entmax, which already gives unlikely tokens probability "
+                          "0; top_k and top_p do not apply to it: set them to 0 and 1")
     if p.predict_max_steps is not None and p.predict_max_steps < 1:
         raise ConfigError("`predict_max_steps` must be at least 1 (or null for up to n_ctx)")
     if t.opt_name.lower() == "adafactor" and t.weight_decay:
@@ -646,8 +675,6 @@ def _check_eval_tasks(config):
     if not t.lambada_path:
         raise ConfigError("`eval_tasks` lists lambada but `lambada_path` is not set: download %s and set "
                           "lambada_path to the file (local or gs://)" % lambada.URL)
-    if not t.eval_batch_size:
-        raise ConfigError("`eval_tasks` lists lambada but `eval_batch_size` is not set")
     if config.model.mlm_training:
         raise ConfigError("LAMBADA scores next-word predictions, which a masked-LM model (`mlm_training`) does "
                           "not make; remove lambada from `eval_tasks`")
@@ -753,13 +780,13 @@ def _check_block(m):
 
 
 def tensor_dim_sizes(config):
-    """Size of each named dimension; `heads` has two sizes (n_head on activations, n_embd on weights)."""
+    """Size of each named dimension but `batch` (see `_check_batches`); `heads` has two sizes (n_head on
+    activations, n_embd on weights)."""
     m = config.model
     sizes = {dims.SEQUENCE: [m.n_ctx], dims.MEMORY_LENGTH: [m.n_ctx], dims.EMBED_SEQUENCE: [m.n_ctx],
              dims.EMBD: [m.n_embd], dims.HEADS: [m.n_head, m.n_embd],
              dims.FEATURES_PER_HEAD: [m.head_size], dims.VOCAB: [m.n_vocab],
              dims.INTERMEDIATE_EXPANDED: [4 * m.n_embd],
-             dims.BATCH: [b for b in (config.train.train_batch_size, config.train.eval_batch_size) if b],
              dims.FEATURES_PER_HEAD_IN: [m.head_size], dims.HALF_FEATURES_PER_HEAD: [m.head_size // 2]}
     if m.num_mem_kv:
         sizes[dims.MEM_KV_SEQUENCE] = [m.num_mem_kv]
@@ -791,26 +818,22 @@ def _check_layout(config):
                 raise ConfigError("`layout` splits %r (size %d) over mesh dimension %r of size %d, "
                                   "which does not divide it; change the config size or `mesh_shape`"
                                   % (tensor_dim, size, mesh_dim, mesh[mesh_dim]))
+    _check_batches(config)
 
 
-def check_batch_layout(config, mode):
-    """The batch of `mode` must split evenly over the mesh dimension `batch` is laid out on."""
-    size = config.train.batch_size(mode)
-    if not size:
-        raise ConfigError("`%s_batch_size` is not set" % mode)
+def _check_batches(config):
+    """The batches of the modes a run uses split evenly over the mesh dimension `batch` is laid out on:
+    training's always, evaluation's when the config evaluates. Sampling needs no check: it decodes with
+    its own layout (`MeshConfig.for_decoding`)."""
+    t = config.train
     mesh_dim = config.mesh.mesh_dim_of(dims.BATCH)
-    if mesh_dim and size % dict(config.mesh.mesh_shape)[mesh_dim]:
-        raise ConfigError("`%s_batch_size` (%d) is not divisible by mesh dimension %r (%d) that "
-                          "`layout` splits batch over" % (mode, size, mesh_dim,
-                                                          dict(config.mesh.mesh_shape)[mesh_dim]))
-
-
-def check_tokenizer_vocab(config, vocab_size, what):
-    if vocab_size > config.model.n_vocab:
-        raise ConfigError("the tokenizer (%s) has %d tokens but `n_vocab` is %d; set n_vocab >= %d"
-                          % (what, vocab_size, config.model.n_vocab, vocab_size))
-
-
-def to_dict(config):
-    """The config as plain JSON-able data (for the TensorBoard snapshot and logs)."""
-    return dataclasses.asdict(config)
+    keys = ["train_batch_size"] + (["eval_batch_size"] if t.evaluates else [])
+    for key in keys:
+        size = getattr(t, key)
+        if not size:
+            raise ConfigError("`%s` is not set; evaluation (`eval_steps` > 0 or `eval_tasks`) needs it" % key)
+        splits = dict(config.mesh.mesh_shape)[mesh_dim] if mesh_dim else 1
+        if size % splits:
+            raise ConfigError("`%s` (%d) is not divisible by mesh dimension %r (%d) that `layout` splits batch "
+                              "over; make it a multiple of %d or change `layout`" % (key, size, mesh_dim, splits,
+                                                                                   splits))

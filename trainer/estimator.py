@@ -39,6 +39,9 @@ def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_pr
         eval_batch_size=t.eval_batch_size or t.train_batch_size,
         predict_batch_size=t.predict_batch_size,
         eval_on_tpu=hardware.use_tpu,
+        # --export serves on one device: a second, TPU-rewritten MetaGraph would make a plain
+        # tf.saved_model.load(path) ask which of the two to load.
+        export_to_tpu=False,
         params={"min_prompt_length": min_prompt_length})
 
 

@@ -17,7 +17,8 @@ greedy (argmax) prediction; nll = Σ -log p of the word's tokens. Over the passa
     lambada_accuracy     mean of correct
     lambada_perplexity   exp(mean nll), EleutherAI's harness's per-word perplexity
 
-Each result is logged, appended to <model_path>/eval_results.jsonl as one JSON object (its `task`,
+Each result is logged, appended to <model_path>/eval_results.jsonl (eval_<id>.jsonl with --sacred_id) as one
+JSON object (its `task`,
 "validation" or "lambada", `global_step` and metrics), and written to TensorBoard by the estimator under
 <model_path>/eval (validation) and <model_path>/eval_lambada.
 """
@@ -34,14 +35,18 @@ from trainer.config import ConfigError
 
 
 class Evaluator:
-    """Evaluation of one run, prepared once (so a missing LAMBADA file stops the run before training):
-    the tokenizer's byte lengths and the encoded LAMBADA passages."""
+    """Evaluation of one run, prepared once, so that a missing eval_path or LAMBADA file stops the run
+    before training: the validation files, the tokenizer's byte lengths and the encoded LAMBADA passages."""
 
-    def __init__(self, config, tokenizer):
+    def __init__(self, config, tokenizer, run_id=None):
         if tokenizer is None:
             raise ConfigError("evaluation needs a dataset config with `eval_path` and `tokenizer_path`")
         self.config = config
-        self.byte_lengths = token_byte_lengths(tokenizer, config.model.n_vocab)
+        self.results_path = "%s/%s.jsonl" % (config.model_path.rstrip("/"), "eval_" + run_id if run_id
+                                             else "eval_results")
+        self.validation = None
+        if config.train.eval_steps > 0:
+            self.validation = validation_input_fn(config, token_byte_lengths(tokenizer, config.model.n_vocab))
         self.lambada = None
         if "lambada" in config.train.eval_tasks:
             passages = lambada.read_passages(config.train.lambada_path)
@@ -58,14 +63,13 @@ class Evaluator:
             log("lambada at step %d: accuracy %.4f | perplexity %.3f | %d passages" % (
                 result["global_step"], result["lambada_accuracy"], result["lambada_perplexity"], len(self.lambada)))
             results.append(result)
-        if t.eval_steps > 0:
-            input_fn = validation_input_fn(self.config, self.byte_lengths)
-            result = _evaluate(estimator, input_fn, t.eval_steps, "validation")
+        if self.validation:
+            result = _evaluate(estimator, self.validation, t.eval_steps, "validation")
             log("eval at step %d: loss %.4f | cross-entropy %.4f | perplexity %.3f | bits/byte %.4f" % (
                 result["global_step"], result["loss"], result["cross_entropy"], result["perplexity"],
                 result["bits_per_byte"]))
             results.append(result)
-        path = self.config.model_path.rstrip("/") + "/eval_results.jsonl"
+        path = self.results_path
         existing = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
         # GCS objects cannot be appended to: rewrite the whole (small) file.
         with tf.io.gfile.GFile(path, "w") as f:

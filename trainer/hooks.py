@@ -44,8 +44,9 @@ class Throughput:
 
 
 class TrainLogHook(tf.train.SessionRunHook):
-    """Every `iterations` steps: log the means of the fetched scalars since the last log line,
-    tokens/s, model TFLOP/s and MFU (see `Throughput`); write tokens/s and MFU to TensorBoard.
+    """Every `iterations` steps, and for the steps left when training stops between two such lines
+    (a run shorter than `iterations`, the end of a chunk): log the means of the fetched scalars since the
+    last log line, tokens/s, model TFLOP/s and MFU (see `Throughput`); write tokens/s and MFU to TensorBoard.
 
     On TPU the model's tensors live inside the TPU loop and cannot be fetched, so `tensors` is
     empty there and TPUEstimator logs the loss itself.
@@ -63,7 +64,7 @@ class TrainLogHook(tf.train.SessionRunHook):
         self._throughput.announce()
 
     def after_create_session(self, session, coord):
-        self._logged_step = session.run(self._global_step)
+        self._logged_step = self._step = session.run(self._global_step)
         self._logged_time = time.perf_counter()
         self._sums = dict.fromkeys(self._tensors, 0.0)
 
@@ -77,8 +78,11 @@ class TrainLogHook(tf.train.SessionRunHook):
         step = run_context.session.run(self._global_step)
         for key, value in values.items():
             self._sums[key] += value
-        if step % self._every:
-            return
+        self._step = step
+        if step % self._every == 0:
+            self._log(step)
+
+    def _log(self, step):
         now = time.perf_counter()
         steps = step - self._logged_step
         throughput, scalars = self._throughput.report(steps, now - self._logged_time)
@@ -90,20 +94,28 @@ class TrainLogHook(tf.train.SessionRunHook):
         self._logged_step, self._logged_time = step, now
 
     def end(self, session):
+        if self._step > self._logged_step:
+            self._log(self._step)
         self._writer.flush()
 
 
-def summary_host_call(config, step, loss, lr):
-    """TPUEstimator host_call writing `loss` and `lr` at `step` (runs on the host, also on TPU)."""
+def summary_host_call(config, step, loss, lr, grad_norms):
+    """TPUEstimator host_call writing `loss` and `lr` at `step`, and every `iterations` steps the scalars
+    `grad_norms` ({tag: norm}, empty without `log_grads`). It runs on the host, also on TPU, where the
+    model's tensors can only reach it as its arguments."""
     model_path = config.model_path
-    queue = config.train.iterations
+    every = config.train.iterations
+    tags = list(grad_norms)
 
-    def host_call(step, loss, lr):
-        with tf.compat.v2.summary.create_file_writer(model_path, max_queue=queue).as_default():
+    def host_call(step, loss, lr, *norms):
+        with tf.compat.v2.summary.create_file_writer(model_path, max_queue=every).as_default():
             with tf.compat.v2.summary.record_if(True):
                 tf.compat.v2.summary.scalar("loss", loss[0], step=step[0])
                 tf.compat.v2.summary.scalar("lr", lr[0], step=step[0])
-                return tf.summary.all_v2_summary_ops()
+            with tf.compat.v2.summary.record_if(tf.equal(step[0] % every, 0)):
+                for tag, norm in zip(tags, norms):
+                    tf.compat.v2.summary.scalar(tag, norm[0], step=step[0])
+            return tf.summary.all_v2_summary_ops()
 
     # host_call tensors need a leading batch-like dimension.
-    return host_call, [tf.reshape(step, [1]), tf.reshape(loss, [1]), tf.reshape(lr, [1])]
+    return host_call, [tf.reshape(x, [1]) for x in [step, loss, lr] + [grad_norms[tag] for tag in tags]]

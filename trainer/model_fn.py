@@ -9,7 +9,7 @@ from models.sampling import generate
 from trainer import checkpoints, evaluation, hooks
 from trainer.config import microbatches
 from trainer.hardware import mesh_implementation
-from trainer.optimizer import loss_and_gradients, minimize
+from trainer.optimizer import gradient_norms, loss_and_gradients, minimize
 from trainer.spikes import LossSpikes
 
 MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
@@ -36,7 +36,9 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
             step = tf.constant(0, tf.int64)
         # Mesh random ops (dropout, MoE's "random" policy) are keyed by the seed and the step, so
         # runs repeat and a resumed run draws what an uninterrupted one does.
-        mesh_impl, placer = mesh_implementation(hardware, config.mesh, params, config.data.seed, step)
+        mesh_config = config.mesh.for_decoding(config.train.predict_batch_size) if mode_name == "predict" \
+            else config.mesh
+        mesh_impl, placer = mesh_implementation(hardware, mesh_config, params, config.data.seed, step)
         mesh = mtf.Mesh(mtf.Graph(), "mesh", placer)
         d = Dims.build(config.model, config.train.batch_size(mode_name))
         if mode_name == "predict":
@@ -59,7 +61,9 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         spikes = LossSpikes(config, checkpoints.latest_step(config.model_path)) \
             if config.train.skip_loss_spike_factor else None
         applies = spikes.applies(loss) if spikes else None
-        updates, lr, grad_norm = minimize(grads, mesh.graph.trainable_variables, config.train, step, applies)
+        variables = mesh.graph.trainable_variables
+        updates, lr, grad_norm = minimize(grads, variables, config.train, step, applies)
+        norms = _grad_norm_summaries(grads, variables, grad_norm) if config.train.log_grads else {}
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         tf_loss = tf.cast(lowering.export_to_tf_tensor(loss), tf.float32)
         step_ops = [lowering.lowered_operation(op) for op in updates]
@@ -75,7 +79,8 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         training_hooks = [mtf.MtfRestoreHook(lowering), saver, log_hook]
         training_hooks += spikes.hooks() if spikes else []
         return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
-                                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr),
+                                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr, {
+                                    tag: lowering.export_to_tf_tensor(norm) for tag, norm in norms.items()}),
                                 scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info))
 
     def _eval_spec(features, labels, mesh, mesh_impl, d):
@@ -129,3 +134,9 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
 
     return model_fn
 
+
+def _grad_norm_summaries(grads, variables, grad_norm):
+    """`log_grads`' TensorBoard tags and norms: the global gradient norm and each variable's, before
+    clipping (as the original's)."""
+    norms = {"grad_norm/" + v.name: norm for v, norm in zip(variables, gradient_norms(grads))}
+    return dict(norms, grad_norm=grad_norm)

@@ -36,6 +36,11 @@ def global_norm(grads):
     return mtf.sqrt(mtf.add_n([mtf.reduce_sum(mtf.square(g)) for g in grads]))
 
 
+def gradient_norms(grads):
+    """Each gradient's L2 norm (for `log_grads`)."""
+    return [mtf.sqrt(mtf.reduce_sum(mtf.square(g))) for g in grads]
+
+
 class AdamWeightDecay(mtf.optimize.Optimizer):
     """Adam without bias correction plus decoupled weight decay (update += wd * w).
 
@@ -99,6 +104,8 @@ def loss_and_gradients(loss_fn, inputs, batch_dim, num_microbatches):
     loop), so only one microbatch's activations are alive at a time; each one's loss is divided by
     num_microbatches, and loss and gradients are summed over them: the means over the whole batch.
     Gradients are summed in float32 (mtf.serialize_training_step would sum bfloat16 ones).
+    MoE's balancing loss, a mean over groups of one row, is divided like the rest, so a step's objective
+    does not depend on the split (the original had mesh-tf divide it by num_microbatches once more).
     """
     graph = inputs[0].graph
     if num_microbatches == 1:

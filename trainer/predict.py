@@ -1,11 +1,16 @@
 """--predict: sample continuations of prompts from the latest checkpoint, print and save them."""
 import json
+import os
+import tempfile
 
 from inputs.prompts import input_fn_for
+from meshtf import tf
 from models.sampling import decode_length
 from tfrecords_tools.records import write_atomically
+from trainer.config import ConfigError
 
 SAMPLE_RULE = "=" * 40
+OUTPUT_FIX = "give --output a path in a writable directory"
 
 
 def continuation(ids, length, n_ctx, max_new_tokens, eos_id):
@@ -19,7 +24,9 @@ def continuation(ids, length, n_ctx, max_new_tokens, eos_id):
 
 def predict(estimator, config, tokenizer, rows, output_path, log=print):
     """Sample each row (inputs.prompts.encode_prompts); write `<output>.txt` and `<output>.jsonl`;
-    return the samples."""
+    return the samples. An output that cannot be written is a ConfigError before sampling (see
+    `check_output`), or after it (see `write_samples`)."""
+    check_output(output_path)
     m, p = config.model, config.predict
     length = decode_length(max(len(row.tokens) for row in rows), p.predict_max_steps, m.n_ctx)
     input_fn = input_fn_for(rows, length, config.train.predict_batch_size, config.data.padding_id)
@@ -36,8 +43,52 @@ def predict(estimator, config, tokenizer, rows, output_path, log=print):
         shown = sample["text"] if p.remove_partial_sequences else sample["prompt"] + sample["text"]
         blocks.append("%s SAMPLE %d %s\n\n%s\n\n%s\n" % (SAMPLE_RULE, i, SAMPLE_RULE, shown, "=" * 80))
         log(blocks[-1])
-    write_atomically(output_path + ".txt", "".join(blocks).encode("utf-8"))
-    write_atomically(output_path + ".jsonl",
-                     "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in results).encode("utf-8"))
+    write_samples(output_path, {".txt": "".join(blocks),
+                                ".jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in results)})
     log("wrote %d samples to %s.txt and %s.jsonl" % (len(results), output_path, output_path))
     return results
+
+
+def check_output(output_path):
+    """Create the directory of `output_path` and try writing a file there: a ConfigError before
+    sampling rather than samples that cannot be saved after it."""
+    probe = output_path + ".write_test"
+    try:
+        if os.path.dirname(output_path):
+            tf.io.gfile.makedirs(os.path.dirname(output_path))
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("ok")
+        tf.io.gfile.remove(probe)
+    except tf.errors.OpError as e:
+        raise ConfigError("cannot write the samples to %s.txt (%s); %s"
+                          % (output_path, _first_line(e), OUTPUT_FIX)) from None
+
+
+def write_samples(output_path, texts):
+    """Write each `{suffix: text}` to `output_path + suffix`. Should that fail after all (the
+    directory went away or filled up during sampling), write them to a new directory in the system's
+    temp directory and raise a ConfigError saying where; should that fail too, the error says they
+    were printed (`predict` logs them first)."""
+    try:
+        _write(output_path, texts)
+        return
+    except tf.errors.OpError as e:
+        reason = _first_line(e)
+    try:
+        fallback = os.path.join(tempfile.mkdtemp(prefix="gptneo_samples_"), os.path.basename(output_path))
+        _write(fallback, texts)
+    except (OSError, tf.errors.OpError) as e:
+        raise ConfigError("cannot write the samples to %s.txt (%s), nor to the system's temp directory (%s): "
+                          "copy them from the output above; %s"
+                          % (output_path, reason, _first_line(e), OUTPUT_FIX)) from None
+    raise ConfigError("cannot write the samples to %s.txt (%s), so they are in %s.txt and .jsonl instead; %s"
+                      % (output_path, reason, fallback, OUTPUT_FIX))
+
+
+def _write(output_path, texts):
+    for suffix, text in texts.items():
+        write_atomically(output_path + suffix, text.encode("utf-8"))
+
+
+def _first_line(error):
+    return (error.message if isinstance(error, tf.errors.OpError) else str(error)).splitlines()[0]

@@ -11,8 +11,11 @@ from trainer.config import ConfigError
 
 
 def preflight(config, mode="train"):
-    """Raise ConfigError for a layout conflict; return the number of trainable parameters."""
-    rules = dict(config.mesh.layout)
+    """Raise ConfigError for a layout conflict; return the number of trainable parameters.
+
+    Sampling ("predict") runs with its own layout (MeshConfig.for_decoding), checked here in its place."""
+    mesh_config = config.mesh.for_decoding(config.train.predict_batch_size) if mode == "predict" else config.mesh
+    rules = dict(mesh_config.layout)
     with tf.Graph().as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "layout_check")
