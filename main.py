@@ -12,16 +12,16 @@ import json
 import logging
 import sys
 
-from inputs.prompts import PromptError, encode_prompts, read_prompts
+import storage
+from errors import ConfigError, UserError
+from inputs.prompts import encode_prompts, read_prompts
 from inputs.sequential import DataError
-from inputs.tokenizer import TokenizerError, tokenizer_for
+from inputs.tokenizer import tokenizer_for
 from meshtf import tf
 from tfrecords_tools import check_dataset
-from tfrecords_tools.records import write_json
-from tfrecords_tools.sources import InputError
 from trainer import auto_layout
 from trainer.checkpoints import latest_checkpoint, latest_step
-from trainer.config import ConfigError, load_config, parse_overrides, raw_config, validate
+from trainer.config import load_config, parse_overrides, raw_config, validate
 from trainer.estimator import build_estimator, train
 from trainer.evaluation import Evaluator
 from trainer.export import export
@@ -102,7 +102,7 @@ def parse_args(argv=None):
         p.error("--steps_per_checkpoint must be at least 1")
     try:
         args.overrides = parse_overrides(args.overrides)
-    except ValueError as e:
+    except ConfigError as e:
         p.error(str(e))
     for flag in ("model_path", "mesh_shape", "layout"):
         if getattr(args, flag) is not None:
@@ -186,18 +186,9 @@ def samples_path(config, step, sacred_id=None):
 
 def make_model_path(path):
     """Create `model_path` now, so a missing bucket or an unwritable directory is one clear line."""
-    try:
-        tf.io.gfile.makedirs(path)
-        probe = path.rstrip("/") + "/.write_test"
-        with tf.io.gfile.GFile(probe, "w") as f:
-            f.write("ok")
-        tf.io.gfile.remove(probe)
-    except tf.errors.OpError as e:
-        reason = e.message.splitlines()[0]
-        bucket = "gs://%s/" % path[len("gs://"):].split("/")[0] if path.startswith("gs://") else None
-        if bucket and not tf.io.gfile.isdir(bucket):  # GCS's own message for it is cryptic
-            reason = "bucket %s does not exist (or these credentials cannot see it)" % bucket.rstrip("/")
-        raise ConfigError("cannot write to `model_path` %s: %s" % (path, reason)) from None
+    problem = storage.write_problem(path)
+    if problem:
+        raise ConfigError("cannot write to `model_path` %s: %s" % (path, problem))
 
 
 def start_over(model_path):
@@ -217,7 +208,7 @@ def start_over(model_path):
 def record_run(config, args):
     """Keep the config this run trains with (the file with the command line's overrides) in model_path."""
     raw = raw_config(args.model, args.overrides)
-    write_json(config.model_path.rstrip("/") + "/config.json", raw)
+    storage.write_json(config.model_path.rstrip("/") + "/config.json", raw)
     if args.overrides:
         log.info("config %s with %s", config.name, " ".join("%s=%s" % (k, json.dumps(v)) for k, v in args.overrides.items()))
 
@@ -267,16 +258,16 @@ def run(args):
                                 min_prompt_length=min(len(row.tokens) for row in rows) if rows else 1)
     if args.predict:
         output = args.output or samples_path(config, latest_step(config.model_path), args.sacred_id)
-        predict(estimator, config, tokenizer, rows, output, log.info)
+        predict(estimator, config, tokenizer, rows, output)
         return
     if args.eval:
-        evaluator.run(estimator, log.info)
+        evaluator.run(estimator)
         return
 
     def sample(step):
-        predict(estimator, config, tokenizer, rows, samples_path(config, step, args.sacred_id), log.info)
+        predict(estimator, config, tokenizer, rows, samples_path(config, step, args.sacred_id))
 
-    train(estimator, config, args.steps_per_checkpoint, evaluator, log.info, sample if rows else None)
+    train(estimator, config, args.steps_per_checkpoint, evaluator, sample if rows else None)
 
 
 def main(argv=None):
@@ -288,7 +279,7 @@ def main(argv=None):
     tf.logging.set_verbosity(tf.logging.WARN)
     try:
         run(args)
-    except (ConfigError, DataError, TokenizerError, InputError, PromptError) as e:
+    except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     except NonFiniteError as e:

@@ -6,8 +6,9 @@ setup(
     version="0.1.0",
     description="A GPT-3-style trainer on Mesh-TensorFlow, compatible with EleutherAI GPT-Neo configs and checkpoints",
     python_requires=">=3.9,<3.12",
-    packages=find_packages(include=["models", "inputs", "trainer", "tfrecords_tools", "convert", "configs"]),
-    py_modules=["meshtf", "main"],
+    packages=find_packages(include=["models", "inputs", "trainer", "trainer.config", "tfrecords_tools", "convert",
+                                    "configs"]),
+    py_modules=["meshtf", "errors", "storage", "main"],
     package_data={"inputs": ["assets/gpt2/*"], "configs": ["*.json", "dataset_configs/*.json"]},
     install_requires=[
         # TF 2.16+ cannot import mesh-tensorflow or the estimator. On a TPU VM install

@@ -80,15 +80,17 @@ def _tf_setup(args, batch):
 
 def worker_kv(args, batch):
     from meshtf import mtf, tf
-    from models.sampling import SamplingConfig, decode_length, generate
+    from models.context import Context
+    from models.sampling import PredictConfig, decode_length, generate
 
     t_build = time.time()
     config, graph, mesh, d, ids, tokens, impl, session_config = _tf_setup(args, batch)
     lengths = mtf.import_fully_replicated(mesh, tf.constant([args.prompt] * batch, tf.int32), mtf.Shape([d.batch]))
-    sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
+    sampling = PredictConfig(temperature=0, predict_max_steps=args.new_tokens)
     # As --predict: caches as long as the generation needs, the prompt prefilled in one pass.
     tokens = mtf.slice(tokens, 0, decode_length(args.prompt, args.new_tokens, args.n_ctx), d.sequence.name)
-    out = generate(tokens, lengths, d, config.model, sampling, eos_id=-1, seed=1, min_prompt_length=args.prompt)
+    ctx = Context(d, config.model, train=False, seed=1)
+    out = generate(tokens, lengths, ctx, sampling, eos_id=-1, min_prompt_length=args.prompt)
     lowering = mtf.Lowering(graph, {mesh: impl})
     out = lowering.export_to_tf_tensor(out)
     feed = _prompt_feed(batch, args)
@@ -124,11 +126,12 @@ def profile(session, fetch, feed, graph, steps):
 
 def worker_recompute(args, batch):
     from meshtf import mtf, tf
+    from models.context import Context
     from models.gpt import gpt
 
     t_build = time.time()
     config, graph, mesh, d, ids, tokens, impl, session_config = _tf_setup(args, batch)
-    logits = gpt(tokens, d, config.model, train=False, seed=1)
+    logits = gpt(tokens, Context(d, config.model, train=False, seed=1))
     lowering = mtf.Lowering(graph, {mesh: impl})
     logits = lowering.export_to_tf_tensor(logits)
     position = tf.placeholder(tf.int32, [], name="position")

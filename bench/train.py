@@ -133,6 +133,7 @@ def worker_peak_torch(args):
 
 def _write_run(workdir, args, steps):
     """A model config, its dataset config and steps x batch records of random ids; the config's path."""
+    from storage import tfrecords_name
     from tfrecords_tools.records import RecordWriter
 
     rng = np.random.RandomState(1234)
@@ -142,7 +143,7 @@ def _write_run(workdir, args, steps):
     writer = RecordWriter(os.path.join(records, "synthetic.tmp"))
     for _ in range(count):
         writer.add(rng.randint(0, VOCAB, size=args.n_ctx + 1).tolist())
-    writer.finish(os.path.join(records, "synthetic_0_%d.tfrecords" % count))
+    writer.finish(os.path.join(records, tfrecords_name("synthetic", 0, count)))
     os.makedirs(os.path.join(workdir, "dataset_configs"))
     with open(os.path.join(workdir, "dataset_configs", "synthetic.json"), "w") as f:
         json.dump({"n_vocab": VOCAB, "path": os.path.join(records, "*.tfrecords"), "tokenizer_path": "gpt2",

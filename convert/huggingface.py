@@ -38,8 +38,11 @@ import zipfile
 
 import numpy as np
 
+from errors import ConfigError, UserError, first_line
 from meshtf import tf
-from trainer.config import Config, ConfigError, expand_attention_types, load_config, parse_overrides, read_json
+from storage import absolute, is_remote, read_json, write_json
+from trainer.checkpoints import write_checkpoint
+from trainer.config import Config, expand_attention_types, load_config, parse_overrides
 
 BFLOAT16 = tf.bfloat16.as_numpy_dtype
 MASTER_DTYPES = {"float32": np.float32, "bfloat16": BFLOAT16}
@@ -65,8 +68,8 @@ TORCH_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "
                         "ByteStorage": np.uint8, "BoolStorage": np.bool_}
 
 
-class ConversionError(ValueError):
-    """A conversion problem, worded for the user in one line."""
+class ConversionError(UserError):
+    """A checkpoint, HuggingFace directory or argument that cannot be converted, worded for the user."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def read_checkpoint(prefix):
     try:
         return tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as e:
-        raise ConversionError("cannot read checkpoint %s: %s" % (prefix, _first_line(e))) from None
+        raise ConversionError("cannot read checkpoint %s: %s" % (prefix, first_line(e))) from None
 
 
 def _check_checkpoint(reader, prefix, table):
@@ -292,7 +295,7 @@ def import_hf(hf_dir, output_dir, dtype="float32"):
             array = np.ascontiguousarray(array.T if var.transposed else array)
             yield var.name, array.astype(master)  # round to nearest even for bfloat16
 
-    model_path = output_dir if is_remote(output_dir) else os.path.abspath(output_dir)
+    model_path = absolute(output_dir)
     with staged_dir(output_dir, last=("checkpoint",)) as staging:
         prefix = write_checkpoint(os.path.join(staging, "model.ckpt"), variables(), global_step=0)
         write_json(os.path.join(staging, "config_from_hf.json"), our_config(model, model_path, dtype))
@@ -426,32 +429,6 @@ def _check_hf_tensors(tensors, source, table, vocab_size):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoint writing
-
-
-def write_checkpoint(prefix, variables, global_step=0):
-    """Save (name, numpy array) pairs, each in its own dtype, plus an int64 `global_step`, as a TF checkpoint.
-
-    prefix ".../model.ckpt" gives .../model.ckpt-<global_step>.{index,data-00000-of-00001} and a
-    `checkpoint` file naming it (relative, so the directory can move). Arrays are fed one at a time
-    (never embedded in the graph), so large models stay within GraphDef's 2 GB limit.
-    Returns the written prefix.
-    """
-    with tf.Graph().as_default() as graph, tf.Session(graph=graph) as session:
-        var_list = {}
-        for name, array in variables:
-            value = tf.placeholder(tf.as_dtype(array.dtype), array.shape)
-            variable = tf.Variable(value, name="v%d" % len(var_list), trainable=False)
-            session.run(variable.initializer, {value: array})
-            var_list[name] = variable
-        step = tf.Variable(np.int64(global_step), name="global_step", trainable=False, dtype=tf.int64)
-        session.run(step.initializer)
-        var_list["global_step"] = step
-        saver = tf.train.Saver(var_list, save_relative_paths=True)
-        return saver.save(session, prefix, global_step=global_step, write_meta_graph=False)
-
-
-# ---------------------------------------------------------------------------------------------
 # safetensors, read and written one tensor at a time
 
 
@@ -535,7 +512,7 @@ def read_pytorch_bin(path):
                 ValueError) as e:
             if isinstance(e, ConversionError):
                 raise
-            raise ConversionError("%s: cannot read its pickle: %s" % (path, _first_line(e))) from None
+            raise ConversionError("%s: cannot read its pickle: %s" % (path, first_line(e))) from None
     if not isinstance(state, dict) or not all(isinstance(t, LazyTensor) for t in state.values()):
         raise ConversionError("%s does not hold a state dict (a mapping of names to tensors)" % path)
     return dict(state)
@@ -624,11 +601,7 @@ def _strided(storage, offset, size, stride):
 
 
 # ---------------------------------------------------------------------------------------------
-# Files
-
-
-def is_remote(path):
-    return "://" in path
+# An output directory that appears whole
 
 
 @contextlib.contextmanager
@@ -661,16 +634,6 @@ def staged_dir(output_dir, last=()):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_json(path, value):
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(value, indent=2) + "\n")
-
-
-def _first_line(error):
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,7 +669,7 @@ def parse_args(argv=None):
         p.error("unrecognized arguments: %s" % " ".join(item for item in extra if item not in late))
     try:
         args.overrides = parse_overrides(getattr(args, "overrides", []) + late)
-    except ValueError as e:
+    except ConfigError as e:
         p.error(str(e))
     return args
 
@@ -722,8 +685,8 @@ def main(argv=None):
             prefix = import_hf(args.hf_dir, args.output_dir, args.dtype)
             print("imported %s to %s (%s masters); complete %s before training"
                   % (args.hf_dir, prefix, args.dtype, os.path.join(args.output_dir, "config_from_hf.json")))
-    except (ConversionError, ConfigError) as e:
-        print("error: %s" % _first_line(e), file=sys.stderr)
+    except UserError as e:
+        print("error: %s" % first_line(e), file=sys.stderr)
         return 2
     return 0
 

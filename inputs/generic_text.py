@@ -36,13 +36,13 @@ GROUPS_PER_BLOCK = 1000
 MIX_BLOCK = 1 << 16
 
 
-def _key(seed, *parts):
+def random_key(seed, *parts):
     """A 63-bit key for stateless random ops, distinct for each (seed, *parts)."""
     digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def _seed(key, index):
+def random_seed(key, index):
     """The seed of a stateless random op drawing for `index` (a block or example) under `key`."""
     return tf.stack([tf.constant(key, tf.int64), tf.cast(index, tf.int64)])
 
@@ -86,13 +86,13 @@ def documents(files, entry, n_ctx, n_vocab, eos_id, seed, entry_index, start,
     block_records = groups_per_block * stitch
     first_block, skip_groups = divmod(start, groups_per_block)
     start_file, skip = resume_position(files, first_block * block_records)
-    shuffle_key = _key(seed, entry_index, "shuffle")
-    offset_key = _key(seed, entry_index, "offset") if entry.sampling_mode == "documents_random" else None
+    shuffle_key = random_key(seed, entry_index, "shuffle")
+    offset_key = random_key(seed, entry_index, "offset") if entry.sampling_mode == "documents_random" else None
     too_short = (" tokens, fewer than n_ctx + 1 = %d; raise its stitch (stitch x shortest document >= "
                  "n_ctx + 1) or leave out short documents (create_tfrecords --minimum_size)" % (n_ctx + 1))
 
     def shuffle(block, serialized):
-        serialized = tf.random.experimental.stateless_shuffle(serialized, seed=_seed(shuffle_key, block))
+        serialized = tf.random.experimental.stateless_shuffle(serialized, seed=random_seed(shuffle_key, block))
         return tf.reshape(serialized, [groups_per_block, stitch])
 
     def example(index, group):
@@ -103,7 +103,7 @@ def documents(files, entry, n_ctx, n_vocab, eos_id, seed, entry_index, start,
         with tf.control_dependencies([long_enough]):
             offset = 0
             if offset_key is not None:
-                offset = tf.random.stateless_uniform([], seed=_seed(offset_key, index), minval=0,
+                offset = tf.random.stateless_uniform([], seed=random_seed(offset_key, index), minval=0,
                                                      maxval=length - n_ctx, dtype=tf.int64)
             return shifted(text[offset:offset + n_ctx + 1], n_ctx, n_vocab)
 
@@ -132,7 +132,7 @@ def block_quotas(weights, block_size=MIX_BLOCK):
 def block_choices(block, quotas, key):
     """Dataset index of every position of mixing block `block` (an int64 tensor)."""
     choices = tf.repeat(tf.range(len(quotas), dtype=tf.int64), quotas)
-    return tf.random.experimental.stateless_shuffle(choices, seed=_seed(key, block))
+    return tf.random.experimental.stateless_shuffle(choices, seed=random_seed(key, block))
 
 
 def stream_starts(quotas, key, position):
@@ -181,7 +181,7 @@ def dataset_fn(config, mode, global_step=0):
             raise DataError("dataset %s has weight %g, less than 1/%d of the total %g: it would never be "
                             "read; raise its weight or remove it from `datasets`"
                             % (entry.id, weight_of(entry), MIX_BLOCK, sum(weights)))
-    mix_key = _key(d.seed, "mix")
+    mix_key = random_key(d.seed, "mix")
     starts = stream_starts(quotas, mix_key, position) if len(quotas) > 1 else [position]
     streams = []
     for k, (entry, start) in enumerate(zip(d.datasets, starts)):

@@ -74,7 +74,7 @@ def encode(passages, tokenizer, n_ctx):
     return encoded
 
 
-def input_fn_for(encoded, n_ctx, batch_size):
+def passages_input_fn(encoded, batch_size, n_ctx):
     """(estimator input_fn, steps): batches of ({"ids", "target_mask"}, labels) [batch, n_ctx], one
     passage per row; target_mask is 1.0 where a label is a token of the passage's last word."""
     rows = -(-len(encoded) // batch_size) * batch_size

@@ -16,7 +16,7 @@ Batch b of a run (the batch of training step b + 1; eval batches count from 0 ev
 with stateless random numbers keyed by (seed, mode, b), so a resumed run masks exactly as an
 uninterrupted one.
 """
-from inputs.generic_text import _key, _seed
+from inputs.generic_text import random_key, random_seed
 from meshtf import tf
 
 
@@ -25,7 +25,7 @@ def masking(build, config, mode, global_step=0):
     the masked LM, starting at batch `global_step` (training) or 0 (eval)."""
     d = config.data
     first_batch = global_step if mode == "train" else 0
-    uniform_key, id_key = _key(d.seed, "mlm", mode), _key(d.seed, "mlm ids", mode)
+    uniform_key, id_key = random_key(d.seed, "mlm", mode), random_key(d.seed, "mlm ids", mode)
     cls = d.mlm_cls_token_id
     ignored_ids = sorted(set(d.mlm_mask_ignore_ids) | ({cls} if cls is not None else set()))
     # Random replacements come from the data's vocabulary, not the model's padded one.
@@ -36,8 +36,8 @@ def masking(build, config, mode, global_step=0):
         if cls is not None:
             inputs = tf.concat([tf.fill([tf.shape(inputs)[0], 1], cls), inputs[:, :-1]], axis=1)
         masked_draw, kind_draw = tf.unstack(
-            tf.random.stateless_uniform(tf.concat([[2], tf.shape(inputs)], 0), seed=_seed(uniform_key, batch)))
-        random_ids = tf.random.stateless_uniform(tf.shape(inputs), seed=_seed(id_key, batch), maxval=data_vocab,
+            tf.random.stateless_uniform(tf.concat([[2], tf.shape(inputs)], 0), seed=random_seed(uniform_key, batch)))
+        random_ids = tf.random.stateless_uniform(tf.shape(inputs), seed=random_seed(id_key, batch), maxval=data_vocab,
                                                  dtype=tf.int32)
         maskable = tf.logical_not(tf.reduce_any(tf.equal(inputs[..., None], ignored), axis=-1))
         masked = tf.logical_and(masked_draw < d.mlm_mask_prob, maskable)

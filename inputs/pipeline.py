@@ -10,7 +10,7 @@ batch size so such a resume is refused with an explanation instead.
 from inputs import generic_text, mlm, sequential
 from inputs.sequential import DataError
 from meshtf import tf
-from tfrecords_tools import records
+from storage import read_json, write_json
 
 DATASET_FNS = {"sequential_input": sequential.dataset_fn, "generic_text": generic_text.dataset_fn}
 DATA_STATE = "data_state.json"
@@ -37,7 +37,7 @@ def check_batch_size(config, global_step):
     path = config.model_path.rstrip("/") + "/" + DATA_STATE
     batch = config.train.train_batch_size
     if global_step > 0 and tf.io.gfile.exists(path):
-        recorded = records.read_json(path)["train_batch_size"]
+        recorded = read_json(path, "data state")["train_batch_size"]
         if recorded != batch:
             raise DataError(
                 "train_batch_size is %d but %s was trained with train_batch_size %d: resuming at step %d "
@@ -46,4 +46,4 @@ def check_batch_size(config, global_step):
                 % (batch, config.model_path, recorded, global_step, recorded, path, batch))
         return
     tf.io.gfile.makedirs(config.model_path)
-    records.write_json(path, {"train_batch_size": batch})
+    write_json(path, {"train_batch_size": batch})

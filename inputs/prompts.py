@@ -11,6 +11,7 @@ from typing import List
 
 import numpy as np
 
+from errors import UserError
 from meshtf import tf
 
 # The GPT-2 demo prompt the original samples from when no prompt is given.
@@ -19,7 +20,7 @@ DEFAULT_PROMPT = ("In a shocking finding, scientist discovered a herd of unicorn
                   "fact that the unicorns spoke perfect English.")
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     """A prompt that cannot be sampled from, worded for the user."""
 
 
@@ -89,7 +90,7 @@ def encode_prompts(prompts, tokenizer, n_ctx, n_vocab, num_samples):
     return rows
 
 
-def input_fn_for(rows, length, batch_size, padding_id):
+def prompts_input_fn(rows, batch_size, length, padding_id):
     """An estimator input_fn yielding {"ids": [batch, length], "lengths": [batch]} for every row."""
     count = -(-len(rows) // batch_size) * batch_size
     filled = rows + [rows[-1]] * (count - len(rows))

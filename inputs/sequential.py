@@ -8,21 +8,14 @@ of that cyclic stream, using per-file record counts parsed from the file names
 The record-reading pieces (file order, resume positions, checked windows) also serve generic_text.
 """
 import random
-import re
 
+from errors import UserError
 from meshtf import tf
-
-# The original's rule: underscore, digits, one character, "tfrecords", end of name.
-_COUNT_IN_NAME = re.compile(r"_(\d+).tfrecords$")
+from storage import count_in_name, natural_sort_key
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the training data, worded for the user."""
-
-
-def natural_sort_key(path):
-    """Digit runs compare as numbers, other text case-insensitively ("f_2" < "f_10")."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path)]
 
 
 def list_files(globs, what):
@@ -61,12 +54,6 @@ def training_files(data_config, eval_files=False):
     """All datasets' files, sorted and shuffled together (the sequential input's one stream)."""
     globs = [dataset_glob(ds, eval_files) for ds in data_config.dataset_configs]
     return ordered_files(data_config, globs, eval_files)
-
-
-def count_in_name(path):
-    """The record count a file name carries (`..._<count>.tfrecords`), or None."""
-    match = _COUNT_IN_NAME.search(path)
-    return int(match.group(1)) if match else None
 
 
 def record_count(path):

@@ -8,6 +8,7 @@ import tempfile
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from errors import UserError
 from meshtf import tf
 
 BUNDLED_GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "gpt2")
@@ -16,7 +17,7 @@ END_OF_TEXT = "<|endoftext|>"
 PADDING = "<|padding|>"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """The tokenizer named by a dataset config cannot be loaded."""
 
 

@@ -148,19 +148,19 @@ ACTIVATIONS = {
 }
 
 
-def activation(name, x, dtype, seed):
+def activation(name, x, ctx):
     """ACTIVATIONS[name](x); learned scalars (if any) become variables of the current scope."""
     scalars = []
 
     def param(init):
         scalars.append(mtf.get_variable(x.mesh, "activation-%d" % len(scalars), [],
-                                        initializer=tf.constant_initializer(init), dtype=dtype))
+                                        initializer=tf.constant_initializer(init), dtype=ctx.dtype))
         return scalars[-1]
 
     def positive(shift):
         return _softplus(param(0)) + shift
 
-    return ACTIVATIONS[name](x, param, positive, rrelu_slope(seed))
+    return ACTIVATIONS[name](x, param, positive, rrelu_slope(ctx.seed))
 
 
 def rrelu_slope(seed):

@@ -76,69 +76,73 @@ def attention_masks(mesh, model_config, d):
     return masks
 
 
-def attention(h, kind, d, model_config, masks, train, dtype, seed):
-    """Multi-head attention of `kind` (not "none") over h [batch, sequence, embd].
+def attention(h, kind, ctx):
+    """Multi-head attention of `kind` (not "none") over h [batch, sequence, embd], under ctx.masks.
 
     Softmax logits are q·kᵀ in float32 without 1/sqrt(head_size): GPT-Neo folds that factor into
     the initialiser of q, so trained checkpoints expect unscaled dot products.
     Returns (output [batch, sequence, embd], (keys, values) [batch, sequence, heads, features_per_head]),
     keys as attended (turned, with rotary embeddings): what `decode_state` starts decoding from.
     """
-    c = model_config
+    c, d = ctx.c, ctx.d
     with tf.variable_scope("attn"):
-        q, k, v = _qkv(h, d, c, dtype, seed)
+        q, k, v = _qkv(h, ctx)
         if c.rotary_emb:
             angles = rotary_angles(mtf.range(h.mesh, d.sequence, tf.int32), d)
             q, k = rotate(q, angles), rotate(k, angles)
         if kind == "global":
-            out = _full_attention(q, k, v, d, masks["global"], c.attn_dropout, train,
-                                  _memory_key_values(h.mesh, d, c, dtype, seed))
+            out = _full_attention(q, k, v, ctx.masks["global"], ctx, c.attn_dropout, _memory_key_values(h.mesh, ctx))
         elif kind == "local":
-            out = _local_attention(q, k, v, d, masks)
+            out = _local_attention(q, k, v, ctx)
         elif c.mlm_training:  # not causal
             out = _linear_attention(q, k, v, d)
         else:
-            out = _causal_linear_attention(q, k, v, d, masks["linear"])
-        out = _output_projection(out, d, c, dtype, seed)
-    return dropout(out, c.res_dropout, train), (k, v)
+            out = _causal_linear_attention(q, k, v, d, ctx.masks["linear"])
+        out = _output_projection(out, ctx)
+    return dropout(out, c.res_dropout, ctx.train), (k, v)
 
 
-def _qkv(h, d, c, dtype, seed):
-    return (_project(h, d, "q", (c.n_embd * c.head_size) ** -0.5, dtype, seed),
-            _project(h, d, "k", c.n_embd ** -0.5, dtype, seed),
-            _project(h, d, "v", c.n_embd ** -0.5, dtype, seed))
+def _qkv(h, ctx):
+    n_embd, head_size = ctx.c.n_embd, ctx.c.head_size
+    return (_project(h, "q", (n_embd * head_size) ** -0.5, ctx),
+            _project(h, "k", n_embd ** -0.5, ctx),
+            _project(h, "v", n_embd ** -0.5, ctx))
 
 
-def _project(h, d, name, stddev, dtype, seed):
+def _project(h, name, stddev, ctx):
     """h @ W[embd, heads*features_per_head] split into [..., heads, features_per_head] (heads-major)."""
+    d = ctx.d
     w = mtf.get_variable(h.mesh, name, [d.embd, d.heads_combined],
-                         initializer=normal_initializer(stddev, name, seed), dtype=dtype)
+                         initializer=normal_initializer(stddev, name, ctx.seed), dtype=ctx.dtype)
     x = mtf.einsum([h, w], reduced_dims=[d.embd])
     return mtf.replace_dimensions(x, d.heads_combined, [d.heads, d.features_per_head])
 
 
-def _output_projection(out, d, c, dtype, seed):
+def _output_projection(out, ctx):
     """Concatenated heads [.., heads, features_per_head] @ o + o_b -> [.., embd]."""
+    d = ctx.d
     out = mtf.replace_dimensions(out, [d.heads, d.features_per_head], d.heads_combined)
     o = mtf.get_variable(out.mesh, "o", [d.heads_combined, d.embd],
-                         initializer=normal_initializer(c.n_embd ** -0.5, "o", seed), dtype=dtype)
+                         initializer=normal_initializer(ctx.c.n_embd ** -0.5, "o", ctx.seed), dtype=ctx.dtype)
     out = mtf.einsum([out, o], reduced_dims=[d.heads_combined])
     with tf.variable_scope("compute_output_bias"):
-        out += mtf.get_variable(out.mesh, "o_b", [d.embd], initializer=tf.zeros_initializer(), dtype=dtype)
+        out += mtf.get_variable(out.mesh, "o_b", [d.embd], initializer=tf.zeros_initializer(), dtype=ctx.dtype)
     return out
 
 
-def _memory_key_values(mesh, d, c, dtype, seed):
+def _memory_key_values(mesh, ctx):
     """The `num_mem_kv` learned (keys, values) [mem_kv_sequence, heads, features_per_head] that every
     query of a global layer sees besides the context (the all-attention paper's persistent memory);
     None without them. The original built them but sized its keys for the context only, so they
     could not run; here they join the softmax as extra keys, visible to every query."""
+    c, d = ctx.c, ctx.d
     if not c.num_mem_kv:
         return None
     slots = mtf.Dimension(names.MEM_KV_SEQUENCE, c.num_mem_kv)
     with tf.variable_scope("attention"):
         return tuple(mtf.get_variable(mesh, name, [slots, d.heads, d.features_per_head],
-                                      initializer=normal_initializer(c.head_size ** -0.5, name, seed), dtype=dtype)
+                                      initializer=normal_initializer(c.head_size ** -0.5, name, ctx.seed),
+                                      dtype=ctx.dtype)
                      for name in ("mem_k", "mem_v"))
 
 
@@ -152,32 +156,34 @@ def _softmax_with_memory(logits, key_dim, memory_logits, memory_dim):
     return mtf.exp(logits - log_z), mtf.exp(memory_logits - log_z)
 
 
-def _full_attention(q, k, v, d, mask, attn_dropout, train, memory=None):
+def _full_attention(q, k, v, mask, ctx, attn_dropout=0.0, memory=None):
     """Attention over all keys of the sequence (renamed to memory_length) under an additive mask, and
     over the memory key/values when given."""
+    d = ctx.d
     k = mtf.rename_dimension(k, names.SEQUENCE, names.MEMORY_LENGTH)
     v = mtf.rename_dimension(v, names.SEQUENCE, names.MEMORY_LENGTH)
     q = mtf.to_float(q)
     logits = mtf.einsum([q, mtf.to_float(k)], output_shape=[d.batch, d.heads, d.sequence, d.memory_length]) + mask
     if memory is None:
-        weights = dropout(mtf.softmax(logits, d.memory_length), attn_dropout, train)
+        weights = dropout(mtf.softmax(logits, d.memory_length), attn_dropout, ctx.train)
         return mtf.einsum([mtf.cast(weights, v.dtype), v],
                           output_shape=[d.batch, d.sequence, d.heads, d.features_per_head])
     memory_k, memory_v = memory
     slots = memory_k.shape.dims[0]
     memory_logits = mtf.einsum([q, mtf.to_float(memory_k)], output_shape=[d.batch, d.heads, d.sequence, slots])
-    weights, memory_weights = (dropout(w, attn_dropout, train) for w in
+    weights, memory_weights = (dropout(w, attn_dropout, ctx.train) for w in
                                _softmax_with_memory(logits, d.memory_length, memory_logits, slots))
     output_shape = [d.batch, d.sequence, d.heads, d.features_per_head]
     return (mtf.einsum([mtf.cast(weights, v.dtype), v], output_shape=output_shape)
             + mtf.einsum([mtf.cast(memory_weights, v.dtype), memory_v], output_shape=output_shape))
 
 
-def _local_attention(q, k, v, d, masks):
+def _local_attention(q, k, v, ctx):
     """Each query sees the `local_attention_radius` keys ending at its own position (no dropout)."""
+    d, masks = ctx.d, ctx.masks
     length = masks.get("local_block_length")
     if length is None:  # no useful block split: all keys under a band mask
-        return _full_attention(q, k, v, d, masks["local"], 0.0, train=False)
+        return _full_attention(q, k, v, masks["local"], ctx)
     blocks = mtf.Dimension(names.NUM_BLOCKS, d.sequence.size // length)
     q_block = mtf.Dimension(names.QUERY_BLOCK_LENGTH, length)
     m_block = mtf.Dimension(names.MEMORY_BLOCK_LENGTH, length)
@@ -238,10 +244,10 @@ def _key_features(x):
 # Decoding: one token per row and step, over a per-layer state
 
 
-def decode_state(kind, mesh, d, model_config, keys_values=None):
+def decode_state(kind, mesh, ctx, keys_values=None):
     """The state `attention_step` carries for a layer of `kind`, holding positions 0..n-1 from their
     keys and values [batch, sequence=n, heads, features_per_head] as `attention` returns them (no
-    positions without them). `d` has the decode length as its sequence.
+    positions without them). ctx.d has the decode length as its sequence.
 
     global, local: (keys, values) [batch, heads, memory, features_per_head], position p in slot p
         (memory = memory_length). A local layer whose window is shorter than the decode length keeps a
@@ -251,6 +257,7 @@ def decode_state(kind, mesh, d, model_config, keys_values=None):
         heads, features_per_head_in]): the causal sums, so a step costs features_per_head² per head.
     none: ().
     """
+    d = ctx.d
     if kind == "none":
         return ()
     if kind == "linear":
@@ -262,7 +269,7 @@ def decode_state(kind, mesh, d, model_config, keys_values=None):
         phi_k = _key_features(mtf.exp(mtf.to_float(keys)))
         return (mtf.einsum([phi_k, mtf.to_float(values)], output_shape=shapes[0]),
                 mtf.reduce_sum(phi_k, output_shape=shapes[1]))
-    ring = kind == "local" and model_config.local_attention_radius < d.sequence.size
+    ring = kind == "local" and ctx.c.local_attention_radius < d.sequence.size
     memory = d.local_memory if ring else d.memory_length
     if keys_values is None:
         return tuple(mtf.zeros(mesh, mtf.Shape([d.batch, d.heads, memory, d.features_per_head])) for _ in range(2))
@@ -283,55 +290,65 @@ def _slots(x, memory, d):
     return mtf.transpose(x, mtf.Shape([d.batch, d.heads, memory, d.features_per_head]))
 
 
-def attention_step(h, kind, d, model_config, state, position, dtype, seed):
+def attention_step(h, kind, state, position, ctx):
     """Attention of one new token per row, h [batch, embd] at `position`, over its layer's state
     (see `decode_state`). Returns (output [batch, embd], updated state)."""
-    c = model_config
     with tf.variable_scope("attn"):
-        q, k, v = _qkv(h, d, c, dtype, seed)
-        if c.rotary_emb:
-            angles = rotary_angles(position, d)
+        q, k, v = _qkv(h, ctx)
+        if ctx.c.rotary_emb:
+            angles = rotary_angles(position, ctx.d)
             q, k = rotate(q, angles), rotate(k, angles)
         if kind == "linear":
-            out, state = _linear_step(q, k, v, state, d)
+            out, state = _linear_step(q, k, v, state, ctx.d)
         else:
-            memory = _memory_key_values(h.mesh, d, c, dtype, seed) if kind == "global" else None
-            out, state = _softmax_step(q, k, v, kind, state, position, d, c, memory)
-        return _output_projection(out, d, c, dtype, seed), state
+            state = _written(state, k, v, position, ctx.d)
+            out = _softmax_step(q, kind, state, position, ctx)
+        return _output_projection(out, ctx), state
 
 
-def _softmax_step(q, k, v, kind, cache, position, d, c, memory):
-    """Global or local attention of q [batch, heads, features_per_head] over its cache, after writing
-    k and v at `position`."""
+def _written(cache, k, v, position, d):
+    """The (keys, values) cache [batch, heads, memory, features_per_head] with k and v written at
+    `position`'s slot: slot `position`, or in a ring buffer (local_memory_length) position mod window."""
     slots = cache[0].shape.dims[2]
-    slot = mtf.range(q.mesh, slots, tf.int32)
+    slot = mtf.mod(position, slots.size) if slots.name == names.LOCAL_MEMORY_LENGTH else position
+    return tuple(write_slot(old, new, slot, d) for old, new in zip(cache, (k, v)))
+
+
+def _visible(kind, slots, position, c):
+    """Which of the cache's `slots` a query at `position` sees (bool [slots])."""
+    slot = mtf.range(position.mesh, slots, tf.int32)
     if slots.name == names.LOCAL_MEMORY_LENGTH:
-        write_at = mtf.mod(position, slots.size)
         # Slot s holds the latest position p <= `position` with p = s (mod window): exactly
         # the window (position - window, position], minus positions before 0.
-        visible = mtf.greater_equal(position - mtf.mod(position - slot, slots.size), 0)
-    else:
-        write_at = position
-        visible = mtf.less_equal(slot, position)
-        if kind == "local":  # a window that covers the whole context
-            visible = mtf.logical_and(visible, mtf.greater(slot, position - c.local_attention_radius))
-    k_cache, v_cache = (write_slot(old, new, write_at, d) for old, new in zip(cache, (k, v)))
+        return mtf.greater_equal(position - mtf.mod(position - slot, slots.size), 0)
+    visible = mtf.less_equal(slot, position)
+    if kind == "local":  # a window that covers the whole context
+        visible = mtf.logical_and(visible, mtf.greater(slot, position - c.local_attention_radius))
+    return visible
+
+
+def _softmax_step(q, kind, cache, position, ctx):
+    """Global or local attention of q [batch, heads, features_per_head] at `position` over its (keys,
+    values) cache, which holds this position's key and value; global layers also see their memory
+    key/values."""
+    d = ctx.d
+    k_cache, v_cache = cache
+    slots = k_cache.shape.dims[2]
     q = mtf.to_float(q)
     logits = _per_slice("bhf,bhmf->bhm", q, mtf.to_float(k_cache), [d.batch, d.heads, slots], d)
     mask_value = GLOBAL_MASK_VALUE if kind == "global" else LOCAL_MASK_VALUE
-    logits += (1.0 - mtf.cast(visible, tf.float32)) * mask_value
+    logits += (1.0 - mtf.cast(_visible(kind, slots, position, ctx.c), tf.float32)) * mask_value
     output_dims = [d.batch, d.heads, d.features_per_head]
+    memory = _memory_key_values(q.mesh, ctx) if kind == "global" else None
     if memory is None:
         weights = mtf.softmax(logits, slots)
-        out = _per_slice("bhm,bhmf->bhf", mtf.cast(weights, v_cache.dtype), v_cache, output_dims, d)
-        return out, (k_cache, v_cache)
+        return _per_slice("bhm,bhmf->bhf", mtf.cast(weights, v_cache.dtype), v_cache, output_dims, d)
     memory_k, memory_v = memory
     memory_slots = memory_k.shape.dims[0]
     memory_logits = mtf.einsum([q, mtf.to_float(memory_k)], output_shape=[d.batch, d.heads, memory_slots])
     weights, memory_weights = _softmax_with_memory(logits, slots, memory_logits, memory_slots)
-    out = (_per_slice("bhm,bhmf->bhf", mtf.cast(weights, v_cache.dtype), v_cache, output_dims, d)
-           + mtf.einsum([mtf.cast(memory_weights, v.dtype), memory_v], output_shape=output_dims))
-    return out, (k_cache, v_cache)
+    return (_per_slice("bhm,bhmf->bhf", mtf.cast(weights, v_cache.dtype), v_cache, output_dims, d)
+            + mtf.einsum([mtf.cast(memory_weights, memory_v.dtype), memory_v], output_shape=output_dims))
 
 
 def _linear_step(q, k, v, state, d):

@@ -4,6 +4,7 @@ Users' layouts name these (e.g. "batch:x,heads:y,vocab:y"), so the names are pub
 are defined here once. One size in two roles gets two names: queries run along `sequence`,
 keys and values along `memory_length`.
 """
+import dataclasses
 from dataclasses import dataclass
 
 from meshtf import mtf
@@ -49,9 +50,10 @@ BATCH_UNSPLIT = "batch_unsplit"
 
 # Names the original model family also defines (memory key/values, axial and rotary position
 # embeddings, linear attention, microbatching, mixture of experts). Layout rules may name
-# them; they only take effect in models that have the feature. "axial_dim" (the original's
-# flattened axial table) is accepted but no tensor has it: rows are computed from the two factors;
-# likewise mesh-tf's MoE names "outer_batch" (expert replicas, always 1 in GPT-Neo) and "d_model_split".
+# them; they only take effect in models that have the feature. No tensor here has "axial_dim" (the
+# original's flattened axial table: rows are computed from the two factors), nor mesh-tf's MoE names
+# "outer_batch" (expert replicas, always 1 in GPT-Neo) and "d_model_split": they are listed so that the
+# layout check can refuse them with advice (trainer/config/validation.py, NO_TENSOR_DIMS).
 FEATURE_DIMS = (MEM_KV_SEQUENCE, "axial_dim", AXIAL_DIM_0, AXIAL_DIM_1,
                 HALF_FEATURES_PER_HEAD, FEATURES_PER_HEAD_IN, "microbatch", EXPERTS,
                 EXPERT_UNSPLIT, EXPERT_HIDDEN, EXPERT_CAPACITY, GROUP, "outer_batch",
@@ -97,3 +99,10 @@ class Dims:
             intermediate=mtf.Dimension(INTERMEDIATE_EXPANDED, 4 * c.n_embd),
             local_memory=mtf.Dimension(LOCAL_MEMORY_LENGTH, min(c.local_attention_radius, c.n_ctx)),
         )
+
+    def for_length(self, n):
+        """These dims over a sequence of n <= n_ctx positions (a prompt's prefill, a decode length):
+        queries and keys alike, and a local layer's decoding window no longer than n."""
+        return dataclasses.replace(self, sequence=mtf.Dimension(SEQUENCE, n),
+                                   memory_length=mtf.Dimension(MEMORY_LENGTH, n),
+                                   local_memory=mtf.Dimension(LOCAL_MEMORY_LENGTH, min(self.local_memory.size, n)))

@@ -4,7 +4,11 @@
     h  = h + Attn_i(LN_1(h));  h = h + MLP(LN_2(h))      for each layer i     (variants: see `_layer`)
     logits = LN_f(h) · wteᵀ                    (`no_weight_tie`: h · W + b, no LN_f, as the original)
     loss = mean over tokens of ℓ(logits, labels) + Σ MoE load-balancing losses
+
+Each function takes the call's `ctx` (models/context.py): dims, config, mode, dtypes and seed.
 """
+import dataclasses
+
 from meshtf import mtf, tf
 from models.attention import attention, attention_masks, attention_step
 from models.entmax import entmax_loss
@@ -22,30 +26,30 @@ def variable_dtype(precision):
     return mtf.VariableDType(tf.float32)
 
 
-def gpt(ids, d, model_config, train, seed, dtype=None):
+def gpt(ids, ctx):
     """Token ids [batch, sequence] -> logits [batch, sequence, vocab] (variables under `gpt2/`)."""
-    return _forward(ids, d, model_config, train, seed, dtype)[0]
+    return _forward(ids, ctx)[0]
 
 
-def gpt_with_cache(ids, d, model_config, train, seed, dtype=None, logits=True):
+def gpt_with_cache(ids, ctx, logits=True):
     """`gpt` that also returns each layer's keys and values [batch, sequence, heads, features_per_head]
     (() for a layer without attention).
 
     The sequence may be shorter than n_ctx (a prompt, prefilled before decoding); without
     `logits` the output projection is skipped and None returned in its place.
     """
-    return _forward(ids, d, model_config, train, seed, dtype, logits)[:2]
+    return _forward(ids, ctx, logits)[:2]
 
 
-def gpt_losses(ids, labels, d, model_config, train, seed, dtype=None):
+def gpt_losses(ids, labels, ctx):
     """The objective for ids -> labels [batch, sequence]: (loss, per-token loss [batch, sequence], logits).
 
     ℓ is cross-entropy + z-loss (the per-token loss returned is the cross-entropy alone), or with
     `entmax_loss` the 1.3-entmax loss (no z-loss, as the original). A masked LM (`mlm_training`)
     averages ℓ over its scored positions only, those with a label >= 0 (see inputs/mlm.py).
     """
-    c = model_config
-    logits, _, balance = _forward(ids, d, c, train, seed, dtype)
+    c, d = ctx.c, ctx.d
+    logits, _, balance = _forward(ids, ctx)
     scored = mtf.cast(mtf.greater_equal(labels, 0), tf.float32) if c.mlm_training else None
     if c.entmax_loss:
         per_token = entmax_loss(logits, labels, d.vocab)
@@ -55,56 +59,52 @@ def gpt_losses(ids, labels, d, model_config, train, seed, dtype=None):
     return (loss if balance is None else loss + balance), per_token, logits
 
 
-def _forward(ids, d, model_config, train, seed, dtype, logits=True):
+def _forward(ids, ctx, logits=True):
     """(logits or None, each layer's cache, the MoE layers' summed load-balancing loss or None)."""
-    c = model_config
-    dtype = dtype or mtf.VariableDType(tf.float32)
-    mesh = ids.mesh
+    c, d = ctx.c, ctx.d
     with tf.variable_scope("gpt2"):
-        wte = _token_table(mesh, d, dtype, seed)
-        h = dropout(embed(wte, ids, d.vocab), c.embed_dropout, train)
+        wte = _token_table(ids.mesh, ctx)
+        h = dropout(embed(wte, ids, d.vocab), c.embed_dropout, ctx.train)
         if not c.rotary_emb:
-            positions = mtf.range(mesh, d.sequence, tf.int32)
-            h += dropout(position_embedding(positions, d, c, dtype, seed), c.embed_dropout, train)
+            positions = mtf.range(ids.mesh, d.sequence, tf.int32)
+            h += dropout(position_embedding(positions, ctx), c.embed_dropout, ctx.train)
 
-        masks = attention_masks(mesh, c, d)
+        ctx = dataclasses.replace(ctx, masks=attention_masks(ids.mesh, c, d))  # one set for every layer
         caches, balance = [], []
         for i, kind in enumerate(c.attention_types):
             with tf.variable_scope(_layer_scope(i, c)):
-                h, aux, cache = _block(h, i, kind, d, c, masks, train, dtype, seed)
+                h, aux, cache = _block(h, i, kind, ctx)
             caches.append(cache)
             balance += [aux] if aux is not None else []
-        return ((_logits(h, wte, d, c, dtype, seed) if logits else None), caches,
-                mtf.add_n(balance) if balance else None)
+        return (_logits(h, wte, ctx) if logits else None), caches, (mtf.add_n(balance) if balance else None)
 
 
-def gpt_step(tokens, position, caches, d, model_config, seed, dtype=None):
+def gpt_step(tokens, position, caches, ctx):
     """One token per row, tokens [batch] at `position` -> (logits [batch, vocab], new caches).
 
     The same weights and arithmetic as `gpt`, for incremental decoding: each layer attends over
     its cache (see attention.attention_step) instead of recomputing the sequence.
     """
-    c = model_config
-    dtype = dtype or mtf.VariableDType(tf.float32)
+    c = ctx.c
     with tf.variable_scope("gpt2"):
-        wte = _token_table(tokens.mesh, d, dtype, seed)
-        h = embed(wte, tokens, d.vocab)
+        wte = _token_table(tokens.mesh, ctx)
+        h = embed(wte, tokens, ctx.d.vocab)
         if not c.rotary_emb:
-            h += position_embedding(position, d, c, dtype, seed)
+            h += position_embedding(position, ctx)
         new_caches = []
         for i, kind in enumerate(c.attention_types):
             def attend(x, cache=caches[i]):
-                return attention_step(x, kind, d, c, cache, position, dtype, seed)
+                return attention_step(x, kind, cache, position, ctx)
 
             with tf.variable_scope(_layer_scope(i, c)):
-                h, _, cache = _layer(h, i, kind, attend, d, c, False, dtype, seed)
+                h, _, cache = _layer(h, i, kind, attend, ctx)
             new_caches.append(cache)
-        return _logits(h, wte, d, c, dtype, seed), new_caches
+        return _logits(h, wte, ctx), new_caches
 
 
-def _token_table(mesh, d, dtype, seed):
-    return mtf.get_variable(mesh, "wte", [d.vocab, d.embd], initializer=normal_initializer(0.02, "wte", seed),
-                            dtype=dtype)
+def _token_table(mesh, ctx):
+    return mtf.get_variable(mesh, "wte", [ctx.d.vocab, ctx.d.embd],
+                            initializer=normal_initializer(0.02, "wte", ctx.seed), dtype=ctx.dtype)
 
 
 def _layer_scope(i, c):
@@ -112,22 +112,21 @@ def _layer_scope(i, c):
     return "" if c.share_parameters else "h%d" % i
 
 
-def _block(h, i, kind, d, c, masks, train, dtype, seed):
+def _block(h, i, kind, ctx):
     """Layer i over a sequence: (new h, load-balancing loss or None, its attention's (keys, values);
     None under recompute_grad)."""
     def layer(x):
-        return _layer(x, i, kind, lambda x: attention(x, kind, d, c, masks, train, dtype, seed), d, c, train,
-                      dtype, seed)
+        return _layer(x, i, kind, lambda x: attention(x, kind, ctx), ctx)
 
-    if c.recompute_grad and train:  # the layer runs again in the backward pass
-        if _has_experts(i, c):
+    if ctx.c.recompute_grad and ctx.train:  # the layer runs again in the backward pass
+        if _has_experts(i, ctx.c):
             h, aux = mtf.recompute_grad(lambda x: layer(x)[:2], [h])
             return h, aux, None
         return mtf.recompute_grad(lambda x: layer(x)[0], [h]), None, None
     return layer(h)
 
 
-def _layer(x, i, kind, attend, d, c, train, dtype, seed):
+def _layer(x, i, kind, attend, ctx):
     """Layer i on x [batch, (sequence,) embd], for a sequence and a decoding step alike; `attend`
     is its attention, x -> (output, cache). Returns (new x, load-balancing loss or None, cache).
 
@@ -138,45 +137,47 @@ def _layer(x, i, kind, attend, d, c, train, dtype, seed):
     N is LayerNorm, or with `scalenorm` a normalisation with one scalar gain; R is the identity. With
     `rezero` there are no norms and R(y) = g·y, g a learned scalar starting at 0.
     """
+    c = ctx.c
     if c.macaron:
-        x += 0.5 * mlp(x, d, c, train, dtype, seed, scope="mlp_macaron")
+        x += 0.5 * mlp(x, ctx, scope="mlp_macaron")
     if kind == "none":
         out, cache = x, ()
     else:
-        out, cache = attend(_norm(x, "norm_1", d, c, dtype))
-    x += _residual(out, "norm_rezero_1", c, dtype)
+        out, cache = attend(_norm(x, "norm_1", ctx))
+    x += _residual(out, "norm_rezero_1", ctx)
     if _has_experts(i, c):
-        out, aux = moe(_norm(x, "norm_2", d, c, dtype), d, c.moe_params, c.moe_activation, train, dtype, seed)
-        out = dropout(out, c.res_dropout, train)  # the original dropped out in every mode
+        out, aux = moe(_norm(x, "norm_2", ctx), ctx)
+        out = dropout(out, c.res_dropout, ctx.train)  # the original dropped out in every mode
     else:
-        out, aux = mlp(_norm(x, "norm_2", d, c, dtype), d, c, train, dtype, seed), None
+        out, aux = mlp(_norm(x, "norm_2", ctx), ctx), None
     if c.macaron:
         out *= 0.5
-    return x + _residual(out, "norm_rezero_2", c, dtype), aux, cache
+    return x + _residual(out, "norm_rezero_2", ctx), aux, cache
 
 
 def _has_experts(i, c):
     return i in (c.moe_layers or ())
 
 
-def _norm(x, name, d, c, dtype):
-    if c.rezero:
+def _norm(x, name, ctx):
+    if ctx.c.rezero:
         return x
-    return scale_norm(x, d.embd, name, dtype) if c.scalenorm else layer_norm(x, d.embd, name, dtype)
+    norm = scale_norm if ctx.c.scalenorm else layer_norm
+    return norm(x, ctx.d.embd, name, ctx.dtype)
 
 
-def _residual(out, name, c, dtype):
-    return rezero(out, name, dtype) if c.rezero else out
+def _residual(out, name, ctx):
+    return rezero(out, name, ctx.dtype) if ctx.c.rezero else out
 
 
-def _logits(h, wte, d, c, dtype, seed):
+def _logits(h, wte, ctx):
     """LN_f(h) · wteᵀ, or with `no_weight_tie` h · W + b of the unnormalised residual stream: the
     original has no LN_f there, so its checkpoints hold no `ln_f` and restore to what they computed."""
+    c, d = ctx.c, ctx.d
     if c.no_weight_tie:
         with tf.variable_scope("wte_final_linear"), tf.variable_scope("conv1d_main"):
-            return dense(h, d.embd, d.vocab, "linear_out", 0.02 * (d.embd.size ** -0.5 if c.scale_by_in else 1.0),
-                         dtype, seed)
-    h = layer_norm(h, d.embd, "ln_f", dtype)
+            return dense(h, d.embd, d.vocab, "linear_out", 0.02 * (d.embd.size ** -0.5 if c.scale_by_in else 1.0), ctx)
+    h = layer_norm(h, d.embd, "ln_f", ctx.dtype)
     return mtf.einsum([h, wte], output_shape=mtf.Shape(h.shape.dims[:-1] + [d.vocab]))
 
 

@@ -53,15 +53,13 @@ def rezero(x, name, dtype):
     return x * g
 
 
-def dense(x, in_dim, out_dim, name, stddev, dtype, seed, bias=True):
-    """x @ kernel[in_dim, out_dim] (+ bias), variables `<name>/kernel` and `<name>/bias`."""
+def dense(x, in_dim, out_dim, name, stddev, ctx):
+    """x @ kernel[in_dim, out_dim] + bias, variables `<name>/kernel` and `<name>/bias`."""
     with tf.variable_scope(name):
         kernel = mtf.get_variable(x.mesh, "kernel", [in_dim, out_dim],
-                                  initializer=normal_initializer(stddev, "kernel", seed), dtype=dtype)
-        y = mtf.einsum([x, kernel], reduced_dims=[in_dim])
-        if bias:
-            y += mtf.get_variable(x.mesh, "bias", [out_dim], initializer=tf.zeros_initializer(), dtype=dtype)
-    return y
+                                  initializer=normal_initializer(stddev, "kernel", ctx.seed), dtype=ctx.dtype)
+        bias = mtf.get_variable(x.mesh, "bias", [out_dim], initializer=tf.zeros_initializer(), dtype=ctx.dtype)
+    return mtf.einsum([x, kernel], reduced_dims=[in_dim]) + bias
 
 
 def dropout(x, rate, train):
@@ -164,42 +162,43 @@ class _ScatterAdd(mtf.Operation):
 # MLP
 
 
-def mlp(h, d, model_config, train, dtype, seed, scope="mlp"):
+def mlp(h, ctx, scope="mlp"):
     """c_proj(act(c_fc(h))), the original's `conv1d_main` scopes and init scaling; `act` is
     `activation_fn`, learning its scalars (if any) as `<scope>/activation-<k>`.
 
     With `mlp_glu`: c_proj(value · act(gate)), c_fc's 2·intermediate columns being [value | gate].
     """
-    c = model_config
+    c, d = ctx.c, ctx.d
     fc_std = 0.02 * (d.embd.size ** -0.5 if c.scale_by_in else 1.0)
     proj_std = 0.02 * (c.n_layer ** -0.5 if c.scale_by_depth else 1.0) * (
         d.intermediate.size ** -0.5 if c.scale_by_in else 1.0)
     with tf.variable_scope(scope):
         with tf.variable_scope("conv1d_main"):
             if c.mlp_glu:
-                value, gate = _glu_fc(h, d, fc_std, dtype, seed)
+                value, gate = _glu_fc(h, fc_std, ctx)
             else:
-                value, gate = None, dense(h, d.embd, d.intermediate, "c_fc", fc_std, dtype, seed)
-        x = activation(c.activation_fn, gate, dtype, seed)
+                value, gate = None, dense(h, d.embd, d.intermediate, "c_fc", fc_std, ctx)
+        x = activation(c.activation_fn, gate, ctx)
         if value is not None:
             x *= value
         with tf.variable_scope("conv1d_main"):
-            x = dense(x, d.intermediate, d.embd, "c_proj", proj_std, dtype, seed)
-    return dropout(x, c.res_dropout, train)
+            x = dense(x, d.intermediate, d.embd, "c_proj", proj_std, ctx)
+    return dropout(x, c.res_dropout, ctx.train)
 
 
-def _glu_fc(h, d, stddev, dtype, seed):
+def _glu_fc(h, stddev, ctx):
     """GLU's c_fc, kernel [embd, 2·intermediate] and bias [2·intermediate] -> (value, gate) [.., intermediate].
 
     The weights are halved rather than the activations, after renaming their columns to a name no
     layout splits: mesh-tf cannot split a dimension that the layout splits, and `intermediate_expanded`
     often is. (Where it is, each step gathers these weights; the activations stay split.)
     """
+    d = ctx.d
     both = mtf.Dimension(names.INTERMEDIATE_EXPANDED, 2 * d.intermediate.size)
     with tf.variable_scope("c_fc"):
         kernel = mtf.get_variable(h.mesh, "kernel", [d.embd, both],
-                                  initializer=normal_initializer(stddev, "kernel", seed), dtype=dtype)
-        bias = mtf.get_variable(h.mesh, "bias", [both], initializer=tf.zeros_initializer(), dtype=dtype)
+                                  initializer=normal_initializer(stddev, "kernel", ctx.seed), dtype=ctx.dtype)
+        bias = mtf.get_variable(h.mesh, "bias", [both], initializer=tf.zeros_initializer(), dtype=ctx.dtype)
 
     def halves(w):
         w = mtf.rename_dimension(w, names.INTERMEDIATE_EXPANDED, "glu_columns")

@@ -56,12 +56,12 @@ def group_size(tokens_per_row, max_size):
     return max(size for size in range(1, min(tokens_per_row, max_size) + 1) if tokens_per_row % size == 0)
 
 
-def moe(x, d, params, activation_fn, train, dtype, seed):
+def moe(x, ctx):
     """Experts over x [batch, (sequence,) embd] -> (output like x, load-balancing loss (float32 scalar)).
 
     In a decoding step (x [batch, embd]) every token is a group of its own.
     """
-    p = params
+    p, d = ctx.c.moe_params, ctx.d
     tokens = x.shape.dims[:-1]
     per_row = x.shape.size // (d.batch.size * d.embd.size)
     size = group_size(per_row, p.moe_group_size)
@@ -70,45 +70,45 @@ def moe(x, d, params, activation_fn, train, dtype, seed):
     group = mtf.Dimension(names.GROUP, size)
     experts = mtf.Dimension(names.EXPERTS, p.moe_num_experts)
     experts_unsplit = mtf.Dimension(names.EXPERT_UNSPLIT, p.moe_num_experts)
-    factor = p.moe_capacity_factor_train if train else p.moe_capacity_factor_eval
+    factor = p.moe_capacity_factor_train if ctx.train else p.moe_capacity_factor_eval
     capacity = mtf.Dimension(names.EXPERT_CAPACITY,
                              max(min(size, int(size * factor / experts.size)), p.moe_min_expert_capacity))
 
     x = mtf.reshape(x, [groups, group, d.embd])
-    dispatch, combine, loss = top_2_gating(x, experts_unsplit, capacity, p, train, dtype, seed)
+    dispatch, combine, loss = top_2_gating(x, experts_unsplit, capacity, ctx)
     expert_inputs = mtf.einsum([x, dispatch], output_shape=[experts_unsplit, groups, capacity, d.embd])
     # From tokens split (over batch) to experts split: each device runs its experts on all groups.
     groups_unsplit = mtf.Dimension(names.BATCH_UNSPLIT, groups.size)
     expert_inputs = mtf.reshape(expert_inputs, [experts, groups_unsplit, capacity, d.embd])
     hidden_dim = mtf.Dimension(names.EXPERT_HIDDEN, p.moe_hidden_size)
     with tf.variable_scope("wi"):
-        wi = _kernel(x.mesh, [experts, d.embd, hidden_dim], d.embd.size, dtype, seed)
-        hidden = activation(activation_fn, mtf.einsum([expert_inputs, wi], reduced_dims=[d.embd]), dtype, seed)
-    hidden = dropout(hidden, p.moe_dropout_rate, train)
+        wi = _kernel(x.mesh, [experts, d.embd, hidden_dim], d.embd.size, ctx)
+        hidden = activation(ctx.c.moe_activation, mtf.einsum([expert_inputs, wi], reduced_dims=[d.embd]), ctx)
+    hidden = dropout(hidden, p.moe_dropout_rate, ctx.train)
     with tf.variable_scope("wo"):
-        wo = _kernel(x.mesh, [experts, hidden_dim, d.embd], hidden_dim.size, dtype, seed)
+        wo = _kernel(x.mesh, [experts, hidden_dim, d.embd], hidden_dim.size, ctx)
         expert_outputs = mtf.einsum([hidden, wo], reduced_dims=[hidden_dim])
     expert_outputs = mtf.reshape(expert_outputs, [experts_unsplit, groups, capacity, d.embd])
     output = mtf.einsum([expert_outputs, combine], output_shape=[groups, group, d.embd])
     return mtf.reshape(output, tokens + [d.embd]), loss * p.moe_loss_coef
 
 
-def _kernel(mesh, shape, fan_in, dtype, seed):
+def _kernel(mesh, shape, fan_in, ctx):
     """mesh-tf's dense init: truncated N(0, 1/fan_in)."""
-    return mtf.get_variable(mesh, "kernel", shape, initializer=normal_initializer(fan_in ** -0.5, "kernel", seed,
-                                                                                   truncated=True), dtype=dtype)
+    return mtf.get_variable(mesh, "kernel", shape, dtype=ctx.dtype,
+                            initializer=normal_initializer(fan_in ** -0.5, "kernel", ctx.seed, truncated=True))
 
 
-def top_2_gating(x, experts, capacity, p, train, dtype, seed):
+def top_2_gating(x, experts, capacity, ctx):
     """Route each token of x [groups, group, embd] to its two best experts (float32 throughout).
 
     Returns (dispatch, combine) [groups, group, experts, capacity] and the load-balancing loss:
     dispatch is 1 where a token takes slot c of expert e, combine is then the token's gate for e
     (the top two gates renormalised to sum to 1).
     """
-    group = x.shape.dims[1]
+    p, group = ctx.c.moe_params, x.shape.dims[1]
     with tf.variable_scope("top_2_gating"):
-        kernel = _kernel(x.mesh, [x.shape.dims[-1], experts], x.shape.dims[-1].size, dtype, seed)
+        kernel = _kernel(x.mesh, [x.shape.dims[-1], experts], x.shape.dims[-1].size, ctx)
     gates = mtf.softmax(mtf.einsum([mtf.to_float(x), mtf.to_float(kernel)], reduced_dims=[x.shape.dims[-1]]),
                         experts)
 
@@ -128,8 +128,8 @@ def top_2_gating(x, experts, capacity, p, train, dtype, seed):
         loss += 0.5 * float(experts.size ** 2) * mtf.reduce_mean(
             mtf.reduce_mean(mask_2, reduced_dim=group) * mtf.reduce_mean(renormalised, reduced_dim=group))
 
-    policy = p.moe_second_policy_train if train else p.moe_second_policy_eval
-    threshold = p.moe_second_threshold_train if train else p.moe_second_threshold_eval
+    policy = p.moe_second_policy_train if ctx.train else p.moe_second_policy_eval
+    threshold = p.moe_second_threshold_train if ctx.train else p.moe_second_threshold_eval
     if policy == "none":
         mask_2 *= 0.0
     elif policy == "threshold":

@@ -14,7 +14,7 @@ from models.layers import embed, normal_initializer
 ROTARY_BASE = 10000
 
 
-def position_embedding(positions, d, model_config, dtype, seed):
+def position_embedding(positions, ctx):
     """Learned embeddings of int `positions` [...] -> [..., embd]: rows of `wpe` [n_ctx, embd], or with
     `axial_pos_emb` = [rows, columns] the axial table.
 
@@ -22,19 +22,17 @@ def position_embedding(positions, d, model_config, dtype, seed):
     row-major, so position p = a·columns + b; a position's row is computed from its two factors
     without building the grid.
     """
-    mesh = positions.mesh
-    if model_config.axial_pos_emb:
-        rows, columns = model_config.axial_pos_emb
+    def table(name, dim):
+        return mtf.get_variable(positions.mesh, name, [dim, ctx.d.embd],
+                                initializer=normal_initializer(0.01, name, ctx.seed), dtype=ctx.dtype)
+
+    if ctx.c.axial_pos_emb:
+        rows, columns = ctx.c.axial_pos_emb
         row_dim = mtf.Dimension(names.AXIAL_DIM_0, rows)
         column_dim = mtf.Dimension(names.AXIAL_DIM_1, columns)
-        wpe_1 = mtf.get_variable(mesh, "axial_wpe_1", [row_dim, d.embd],
-                                 initializer=normal_initializer(0.01, "axial_wpe_1", seed), dtype=dtype)
-        wpe_2 = mtf.get_variable(mesh, "axial_wpe_2", [column_dim, d.embd],
-                                 initializer=normal_initializer(0.01, "axial_wpe_2", seed), dtype=dtype)
+        wpe_1, wpe_2 = table("axial_wpe_1", row_dim), table("axial_wpe_2", column_dim)
         return (embed(wpe_1, positions // columns, row_dim) + embed(wpe_2, positions % columns, column_dim)) / 2
-    wpe = mtf.get_variable(mesh, "wpe", [d.embed_sequence, d.embd], initializer=normal_initializer(0.01, "wpe", seed),
-                           dtype=dtype)
-    return embed(wpe, positions, d.embed_sequence)
+    return embed(table("wpe", ctx.d.embed_sequence), positions, ctx.d.embed_sequence)
 
 
 def rotary_angles(positions, d):

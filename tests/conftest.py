@@ -18,6 +18,9 @@ sys.path.insert(0, REPO)
 from gcs_emulator import BUCKET, free_port, small_receive_buffers, start_emulator  # noqa: E402
 
 os.environ.setdefault("TF_USE_MODULAR_FILESYSTEM", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each pytest-xdist worker runs an emulator of its own
+    os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = os.environ["STORAGE_EMULATOR_HOST"] = \
+        "http://127.0.0.1:%d" % free_port()
 os.environ.setdefault("CLOUD_STORAGE_EMULATOR_ENDPOINT", "http://127.0.0.1:%d" % free_port())
 os.environ.setdefault("STORAGE_EMULATOR_HOST", os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"])
 os.environ.setdefault("GCS_READ_CACHE_BLOCK_SIZE_MB", "0")
@@ -194,6 +197,7 @@ def _readable_events(path):
 
 def checkpoint_logits(config, checkpoint, ids):
     """Our model's logits for `ids` [batch, n_ctx] from a checkpoint, on a one-device mesh."""
+    from models.context import Context
     from models.dims import Dims
     from models.gpt import gpt
 
@@ -202,7 +206,7 @@ def checkpoint_logits(config, checkpoint, ids):
         mesh = mtf.Mesh(graph, "mesh")
         d = Dims.build(config.model, ids.shape[0])
         tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
-        logits = gpt(tokens, d, config.model, train=False, seed=config.data.seed)
+        logits = gpt(tokens, Context(d, config.model, train=False, seed=config.data.seed))
         impl = mtf.placement_mesh_impl.PlacementMeshImpl(mtf.convert_to_shape("all:1"),
                                                           mtf.convert_to_layout_rules(""), ["/cpu:0"])
         lowering = mtf.Lowering(graph, {mesh: impl})

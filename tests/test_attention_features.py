@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from conftest import BASE, checkpoint_logits, make, placement, randomize_and_run, run_main, scalar_events
 from reference_models import numpy_attention, numpy_gpt_neo_logits, numpy_position_table
-from test_sampling import decoded, full_logits
+from test_sampling import full_logits, stepped_logits
 
 from convert.huggingface import ConversionError, export_hf
 from meshtf import mtf, tf
 from models.attention import attention, attention_masks
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt
 from models.positions import position_embedding
-from models.sampling import SamplingConfig
 from trainer import flops
 from trainer.config import ConfigError, load_config
 
@@ -33,8 +33,7 @@ def layer_output(config, kind, x):
         d = Dims.build(config, x.shape[0])
         h = mtf.import_fully_replicated(mesh, tf.constant(x, tf.float32), mtf.Shape([d.batch, d.sequence, d.embd]))
         with tf.variable_scope("gpt2"), tf.variable_scope("h0"):
-            out, _ = attention(h, kind, d, config, attention_masks(mesh, config, d), train=False,
-                               dtype=mtf.VariableDType(tf.float32), seed=1)
+            out, _ = attention(h, kind, Context(d, config, train=False, seed=1, masks=attention_masks(mesh, config, d)))
         lowering = mtf.Lowering(graph, {mesh: placement(make(**LAYER), 1)})
         return randomize_and_run(lowering, lowering.export_to_tf_tensor(out))
 
@@ -68,7 +67,7 @@ def test_axial_position_table_equals_the_numpy_grid():
         d = Dims.build(config, 1)
         with tf.variable_scope("gpt2"):
             positions = mtf.range(mesh, d.sequence, tf.int32)
-            table = position_embedding(positions, d, config, mtf.VariableDType(tf.float32), seed=1)
+            table = position_embedding(positions, Context(d, config, train=False, seed=1))
         shapes = {v.name: v.shape.to_integer_list for v in graph.trainable_variables}
         lowering = mtf.Lowering(graph, {mesh: placement(make(**LAYER), 1)})
         weights, ours = randomize_and_run(lowering, lowering.export_to_tf_tensor(table))
@@ -95,9 +94,7 @@ def test_logits_equal_numpy_and_incremental_decoding_equals_full_forward(feature
     weights, expected = full_logits(config, ids)
     np.testing.assert_allclose(expected, numpy_gpt_neo_logits(weights, dict(BASE, **features), ids), rtol=0, atol=1e-5)
     for prompt in prompts:
-        _, logits = decoded(config, ids, [n_ctx, n_ctx], SamplingConfig(temperature=0), weights, record_logits=True,
-                            min_prompt_length=prompt)
-        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(stepped_logits(config, ids, prompt, weights), expected, rtol=0, atol=1e-5)
 
 
 def test_flops_count_what_each_kind_computes():
@@ -108,7 +105,7 @@ def test_flops_count_what_each_kind_computes():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
         d = Dims.build(config, 1)
-        gpt(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32), d, config, train=False, seed=0)
+        gpt(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32), Context(d, config, train=False, seed=0))
         shapes = {v.name: v.shape.to_integer_list for v in graph.trainable_variables}
     matrices = sum(np.prod(shape) for name, shape in shapes.items() if len(shape) == 2 and "axial" not in name)
     # linear and global: 12·16² each, none: the MLP's 8·16²; then the tied output projection 16·64.

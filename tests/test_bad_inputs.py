@@ -153,6 +153,11 @@ ROWS = [
         "`opt_name` must be \"adam\" or \"adafactor\", got 'sgd' (the original silently chose Adafactor for "
         "any other value)",
         lambda env: env.main("--model", env.config(opt_name="sgd"))),
+    Row("moe-second-level", "a key GPT-Neo's MoE never reads",
+        "`\"moe_params\": {\"moe_capacity_factor_second_level\": 2}`",
+        "`moe_params` moe_capacity_factor_second_level sizes mesh-tf's two-level mixture of experts, but GPT-Neo's "
+        "(transformer_moe_layer_v1) has one level and never reads it; remove it",
+        lambda env: env.main("--model", env.config(moe_params={"moe_capacity_factor_second_level": 2}))),
     # Mesh and layout
     Row("mesh-larger-than-devices", "mesh larger than the devices", "`\"mesh_shape\": \"x:2\"`, `--gpu_ids /gpu:0`",
         "`mesh_shape` x:2 has 2 positions but --gpu_ids lists 1 device(s); give one device per mesh position "
@@ -161,6 +166,10 @@ ROWS = [
     Row("layout-unknown-dim", "layout naming an unknown dimension", "`\"layout\": \"batch:x,foo:x\"`",
         "`layout` names 'foo', which is not a model dimension (known: batch, sequence, ...)",
         lambda env: env.main("--model", env.config(layout="batch:x,foo:x"))),
+    Row("layout-no-tensor", "layout naming a dimension no tensor has", "`\"layout\": \"batch:x,axial_dim:x\"`",
+        "`layout` names 'axial_dim', which no tensor has (the original's flattened axial position table; lay out "
+        "its factors axial_dim_0 and axial_dim_1); remove it from the layout",
+        lambda env: env.main("--model", env.config(layout="batch:x,axial_dim:x"))),
     Row("layout-unknown-mesh-dim", "layout naming an unknown mesh dimension", "`\"layout\": \"batch:y\"`",
         "`layout` puts 'batch' on mesh dimension 'y', but `mesh_shape` (x:1) has no such dimension",
         lambda env: env.main("--model", env.config(layout="batch:y"))),

@@ -10,16 +10,16 @@ from conftest import BASE, TINY, make, placement, randomize_and_run, run_main, s
 from reference_models import (ACTIVATION_NAMES, NUMPY_ACTIVATION_PARAMS, numpy_activation, numpy_entmax,
                               numpy_entmax_loss, numpy_gpt_neo_logits, numpy_token_losses)
 from test_model import lowered
-from test_sampling import decoded, full_logits
+from test_sampling import full_logits, stepped_logits
 
 from convert.huggingface import ConversionError, export_hf, write_checkpoint
 from meshtf import mtf, tf
 from models import dims as names
 from models.activations import ACTIVATIONS, activation
+from models.context import Context
 from models.dims import Dims
 from models.entmax import entmax_loss
 from models.gpt import gpt, token_losses
-from models.sampling import SamplingConfig
 from trainer.config import ConfigError
 
 # Model level: conftest.BASE (2 layers, n_embd 16, 4 heads, vocab 64), 16 positions, window 4.
@@ -40,6 +40,9 @@ def activation_values():
     gradients of sum(act(x)) for x and for its scalars, from one graph."""
     x = np.random.RandomState(0).normal(0, 2, size=(4, 16))
     x[0, :3] = [0.0, 30.0, -30.0]
+    # The batch laid out (on one device): the scalars' gradients are then sums over a split dimension.
+    config = make("x:1", "batch:x", **SMALL)
+    ctx = Context(Dims.build(config.model, 4), config.model, train=False, seed=1)
     with tf.Graph().as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
@@ -47,13 +50,11 @@ def activation_values():
         fetches = {}
         for name in ACTIVATIONS:
             with tf.variable_scope(name):
-                y = activation(name, inputs, mtf.VariableDType(tf.float32), seed=1)
+                y = activation(name, inputs, ctx)
             learned = sorted((v for v in graph.trainable_variables if v.name.startswith(name + "/")),
                              key=lambda v: v.name)
             grads = mtf.gradients([mtf.reduce_sum(y)], [inputs] + [v.outputs[0] for v in learned])
             fetches[name] = [y, grads[0], grads[1:]]
-        # The batch laid out (on one device): the scalars' gradients are then sums over a split dimension.
-        config = make("x:1", "batch:x", **SMALL)
         lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
         weights, values = randomize_and_run(lowering, {
             name: [lowering.export_to_tf_tensor(y), lowering.export_to_tf_tensor(grad),
@@ -220,9 +221,7 @@ def test_incremental_decoding_equals_full_forward(features):
     config = make(**SMALL, attention_types=[[["global", "local"], 1]], **features)
     ids = np.random.RandomState(3).randint(0, 64, size=(2, 16))
     weights, expected = full_logits(config, ids)
-    _, logits = decoded(config, ids, [16, 16], SamplingConfig(temperature=0), weights, record_logits=True,
-                        min_prompt_length=6)
-    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(stepped_logits(config, ids, 6, weights), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("depth,fan_in", [(True, False), (False, True), (True, True)])
@@ -235,7 +234,7 @@ def test_scale_by_depth_and_in_scale_the_mlp_and_output_initialisers(depth, fan_
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
         d = Dims.build(config.model, 1)
-        gpt(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32), d, config.model, train=False, seed=1)
+        gpt(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32), Context(d, config.model, train=False, seed=1))
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             values = {v.op.name: session.run(v) for v in tf.global_variables()}

@@ -9,9 +9,10 @@ import numpy as np
 from conftest import REPO, make, run_main
 
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.entmax import ALPHA
-from models.sampling import SamplingConfig, choose
+from models.sampling import PredictConfig, choose
 from trainer.checkpoints import latest_step
 
 ONE_LAYER = ["n_layer=1", "attention_types=[[[\"global\"], 1]]"]
@@ -74,13 +75,15 @@ def test_entmax_sampling_draws_from_entmax():
     rows, logits = 8000, np.array([2.0, 1.5, 1.0, -1.0, -3.0], np.float32)
     expected = entmax_probabilities(logits)
     assert expected[-1] == 0 and expected[-2] < 0.05  # sparse: the last token is outside the support
-    d = Dims.build(make(n_vocab=len(logits), n_ctx=8).model, rows)
+    config = make(n_vocab=len(logits), n_ctx=8).model
+    d = Dims.build(config, rows)
     with tf.Graph().as_default():
         mesh = mtf.Mesh(mtf.Graph(), "mesh")
         batch_logits = mtf.import_fully_replicated(mesh, tf.constant(np.tile(logits, (rows, 1))),
                                                    mtf.Shape([d.batch, d.vocab]))
         step = mtf.constant(mesh, 3, dtype=tf.int32)
-        chosen = choose(batch_logits, step, d, SamplingConfig(temperature=1.0, seed=5, entmax=True))
+        chosen = choose(batch_logits, step, PredictConfig(temperature=1.0, entmax_sampling=True),
+                        Context(d, config, train=False, seed=5))
         impl = mtf.placement_mesh_impl.PlacementMeshImpl(mtf.convert_to_shape("all:1"),
                                                           mtf.convert_to_layout_rules(""), ["/cpu:0"])
         lowering = mtf.Lowering(mesh.graph, {mesh: impl})

@@ -22,9 +22,10 @@ import zstandard
 
 from conftest import REPO, SAMPLE, TINY
 from meshtf import tf
+import storage
 from tfrecords_tools import create_tfrecords as converter
 from tfrecords_tools import records as records_module
-from tfrecords_tools.create_tfrecords import ConversionError, create_tfrecords, main
+from tfrecords_tools.create_tfrecords import RecordsError, create_tfrecords, main
 from tfrecords_tools.sources import TextOptions
 
 EOS = 50256
@@ -823,14 +824,14 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch, mode
             original(self, tokens)
         monkeypatch.setattr(records_module.RecordWriter, "add", add)
     else:
-        original = records_module.write_json
+        original = storage.write_json
 
         def write_json(path, value):
             calls["n"] += 1
             if calls["n"] == after:
                 raise Interrupt
             original(path, value)
-        monkeypatch.setattr(records_module, "write_json", write_json)
+        monkeypatch.setattr(storage, "write_json", write_json)
     out = tmp_path / "out"
     with pytest.raises(Interrupt):
         create_tfrecords(source, str(out), "gpt2", **args)
@@ -943,7 +944,7 @@ def test_records_without_a_manifest_are_refused(tmp_path, capsys):
     assert os.listdir(str(out)) == ["c_0_5.tfrecords"]
     # Another --name in the same directory is fine.
     assert cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "d", "--chunk_size", CHUNK)[0] == 0
-    with pytest.raises(ConversionError):
+    with pytest.raises(RecordsError):
         create_tfrecords(path, str(out), "gpt2", name="c", chunk_size=CHUNK)
     # A file of the name c_1 matches c's dataset glob: --overwrite does not delete it, and is refused.
     (out / "c_1_0_5.tfrecords").write_bytes(b"the run named c_1")

@@ -10,6 +10,7 @@ from conftest import make, placement, run_main, scalars
 
 import main
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt
 from models.attention import attention_masks
@@ -28,7 +29,7 @@ def test_matmul_params_are_the_models_matrices():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
         d = Dims.build(config.model, 2)
-        gpt(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32), d, config.model, train=False, seed=0)
+        gpt(mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32), Context(d, config.model, train=False, seed=0))
         shapes = {v.name: v.shape.to_integer_list for v in graph.trainable_variables}
     # Every matrix multiplies activations but wpe, which is added; wte is the (tied) output projection.
     matrices = sum(int(np.prod(shape)) for name, shape in shapes.items() if len(shape) == 2 and name != "gpt2/wpe")

@@ -137,7 +137,8 @@ class Journey:
         return out
 
     def train(self):
-        out = self.main()
+        # Configs that sample during training (`predict_steps`) sample this short prompt.
+        out = self.main(*(["--prompt", self.prompt] if raw_config(self.name).get("predict_steps") else []))
         # A loss line although train_steps (2) < iterations (500 or more in the original's configs).
         assert "step 2 | loss " in out, out
 

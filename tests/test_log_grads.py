@@ -9,6 +9,7 @@ from test_model import v3_8_context
 
 from inputs.sequential import dataset_fn
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt_losses
 from trainer.config import load_config
@@ -35,7 +36,7 @@ def gradient_norms_of_step(config, checkpoint, step):
         d = Dims.build(config.model, config.train.train_batch_size)
         shape = mtf.Shape([d.batch, d.sequence])
         ids, labels = (mtf.import_fully_replicated(mesh, x, shape) for x in (ids, labels))
-        loss = gpt_losses(ids, labels, d, config.model, True, config.data.seed)[0]
+        loss = gpt_losses(ids, labels, Context(d, config.model, train=True, seed=config.data.seed))[0]
         variables = graph.trainable_variables
         grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
         lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})

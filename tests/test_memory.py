@@ -5,6 +5,7 @@ from conftest import make, placement
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt, token_losses
 from trainer.config import ConfigError, load_config
@@ -74,7 +75,7 @@ def tf_peak_bytes(config):
         d = Dims.build(config.model, batch)
         ids = np.random.RandomState(0).randint(0, config.model.n_vocab, (batch, config.model.n_ctx))
         ids = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
-        loss, _ = token_losses(gpt(ids, d, config.model, True, seed=1), ids, d, config.model.z_loss)
+        loss, _ = token_losses(gpt(ids, Context(d, config.model, train=True, seed=1)), ids, d, config.model.z_loss)
         variables = graph.trainable_variables
         updates, _, _ = minimize(gradients(loss, variables), variables, config.train, tf.constant(1, tf.int64))
         lowering = mtf.Lowering(graph, {mesh: placement(config, 1)}, autostack=True)

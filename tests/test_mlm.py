@@ -13,6 +13,7 @@ from test_input_modes import write_file
 
 from inputs.pipeline import input_fn_for
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt_losses
 from trainer.config import ConfigError, load_config
@@ -88,7 +89,7 @@ def test_loss_of_the_non_causal_model_covers_masked_positions_only():
         d = Dims.build(config.model, 2)
         tokens, targets = (mtf.import_fully_replicated(mesh, tf.constant(x, tf.int32), mtf.Shape([d.batch, d.sequence]))
                            for x in (ids, labels))
-        loss, _, _ = gpt_losses(tokens, targets, d, config.model, train=False, seed=1)
+        loss, _, _ = gpt_losses(tokens, targets, Context(d, config.model, train=False, seed=1))
         lowering = mtf.Lowering(mesh.graph, {mesh: placement(config, 1)})
         weights, ours = randomize_and_run(lowering, lowering.export_to_tf_tensor(loss))
     logits = numpy_gpt_neo_logits(weights, dict(BASE, n_ctx=16, local_attention_radius=4, mlm_training=True), ids)

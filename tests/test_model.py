@@ -11,6 +11,7 @@ from tensorflow.python.tpu import device_assignment as device_assignment_lib
 from tensorflow.python.tpu import topology as topology_lib
 
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt_losses
 from models.attention import local_block_length
@@ -28,7 +29,7 @@ def lowered(config, ids, labels, mesh_impl):
     shape = mtf.Shape([d.batch, d.sequence])
     tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), shape)
     targets = mtf.import_fully_replicated(mesh, tf.constant(labels, tf.int32), shape)
-    loss, _, logits = gpt_losses(tokens, targets, d, config.model, train=False, seed=1)
+    loss, _, logits = gpt_losses(tokens, targets, Context(d, config.model, train=False, seed=1))
     variables = graph.trainable_variables
     grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
     lowering = mtf.Lowering(graph, {mesh: mesh_impl})

@@ -8,6 +8,7 @@ from conftest import make, placement, randomize_and_run, run_main, scalars
 from test_model import tpu_training_step_ops
 
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt_losses
 from trainer.config import ConfigError, microbatches
@@ -24,7 +25,8 @@ def lowered_step(config, ids, devices):
     targets = mtf.import_fully_replicated(mesh, tf.constant(np.roll(ids, -1, axis=1), tf.int32), shape)
 
     def loss_fn(x, y):
-        return gpt_losses(x, y, Dims.build(config.model, x.shape.dims[0].size), config.model, True, seed=1)[0]
+        d = Dims.build(config.model, x.shape.dims[0].size)
+        return gpt_losses(x, y, Context(d, config.model, train=True, seed=1))[0]
 
     loss, grads = loss_and_gradients(loss_fn, [tokens, targets], d.batch, microbatches(config))
     variables = graph.trainable_variables

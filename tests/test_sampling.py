@@ -1,12 +1,16 @@
 """Incremental (key/value cache) decoding against the full forward pass, and the sampling rules."""
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import make, placement, randomize_and_run
 
 from meshtf import mtf, tf
+from models.attention import decode_state
+from models.context import Context
 from models.dims import Dims
-from models.gpt import gpt
-from models.sampling import SamplingConfig, generate, restrict
+from models.gpt import gpt, gpt_step, gpt_with_cache
+from models.sampling import PredictConfig, generate, restrict
 
 
 def full_logits(config, ids):
@@ -15,13 +19,13 @@ def full_logits(config, ids):
         mesh = mtf.Mesh(graph, "mesh")
         d = Dims.build(config.model, ids.shape[0])
         tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
-        logits = gpt(tokens, d, config.model, train=False, seed=1)
+        logits = gpt(tokens, Context(d, config.model, train=False, seed=1))
         lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
         return randomize_and_run(lowering, lowering.export_to_tf_tensor(logits))
 
 
-def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, record_logits=False, min_prompt_length=1):
-    """generate() on ids [batch, decode length <= n_ctx]."""
+def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, min_prompt_length=1, seed=1):
+    """generate() on ids [batch, decode length <= n_ctx]: the ids with samples."""
     with tf.Graph().as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
@@ -29,11 +33,48 @@ def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, recor
         sequence = mtf.Dimension(d.sequence.name, ids.shape[1])
         tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, sequence]))
         prompt_lengths = mtf.import_fully_replicated(mesh, tf.constant(lengths, tf.int32), mtf.Shape([d.batch]))
-        out = generate(tokens, prompt_lengths, d, config.model, sampling, eos_id, seed=1,
-                       min_prompt_length=min_prompt_length, record_logits=record_logits)
+        out = generate(tokens, prompt_lengths, Context(d, config.model, train=False, seed=seed), sampling, eos_id,
+                       min_prompt_length)
         lowering = mtf.Lowering(graph, {mesh: placement(config, devices)})
-        fetches = [lowering.export_to_tf_tensor(x) for x in (out if record_logits else [out])]
-        return randomize_and_run(lowering, fetches, weights=weights, devices=devices)[1]
+        return randomize_and_run(lowering, lowering.export_to_tf_tensor(out), weights=weights, devices=devices)[1]
+
+
+def stepped_logits(config, ids, prompt, weights):
+    """The logits [batch, length, vocab] that cached decoding computes for ids [batch, length <= n_ctx],
+    every token teacher-forced: positions before prompt - 1 from the parallel pass that prefills the
+    caches (as `generate` does), then one gpt_step per position over the caches, in a while loop."""
+    kinds = config.model.attention_types
+    batch, length = ids.shape
+    prefill = prompt - 1
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        ctx = Context(Dims.build(config.model, batch).for_length(length), config.model, train=False, seed=1)
+        d = ctx.d
+        tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
+        if prefill:
+            prefix = mtf.slice(tokens, 0, prefill, d.sequence.name)
+            logits, layers = gpt_with_cache(prefix, dataclasses.replace(ctx, d=d.for_length(prefill)))
+            logits = mtf.pad(mtf.to_float(logits), [0, length - prefill], d.sequence.name)
+            caches = [decode_state(kind, mesh, ctx, layer) for kind, layer in zip(kinds, layers)]
+        else:
+            logits = mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence, d.vocab]))
+            caches = [decode_state(kind, mesh, ctx) for kind in kinds]
+        sizes = [len(cache) for cache in caches]  # the loop carries the caches' tensors as one flat list
+
+        def step(position, logits, *flat):
+            tensors = iter(flat)
+            caches = [tuple(next(tensors) for _ in range(size)) for size in sizes]
+            token = mtf.reduce_sum(tokens * mtf.one_hot(position, d.sequence, dtype=tf.int32), reduced_dim=d.sequence)
+            step_logits, caches = gpt_step(token, position, caches, ctx)
+            logits += mtf.one_hot(position, d.sequence) * mtf.to_float(step_logits)
+            return [position + 1, logits] + [x for cache in caches for x in cache]
+
+        start = mtf.constant(mesh, prefill, dtype=tf.int32)
+        final = mtf.while_loop(lambda position, *_: mtf.less(position, length), step,
+                               [start, logits] + [x for cache in caches for x in cache])
+        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+        return randomize_and_run(lowering, lowering.export_to_tf_tensor(final[1]), weights=weights)[1]
 
 
 @pytest.mark.parametrize("n_ctx,radius,kinds,length,prompt", [
@@ -51,8 +92,7 @@ def test_incremental_logits_equal_full_forward_at_every_position(n_ctx, radius, 
     config = make(n_ctx=n_ctx, local_attention_radius=radius, attention_types=[kinds])
     ids = np.random.RandomState(3).randint(0, 64, size=(2, n_ctx))
     weights, expected = full_logits(config, ids)
-    _, logits = decoded(config, ids[:, :length], [length, length], SamplingConfig(temperature=0), weights,
-                        record_logits=True, min_prompt_length=prompt)
+    logits = stepped_logits(config, ids[:, :length], prompt, weights)
     np.testing.assert_allclose(logits, expected[:, :length], rtol=0, atol=1e-5)
 
 
@@ -67,7 +107,7 @@ def greedy_reference(config, weights, prompt, steps):
             mesh = mtf.Mesh(graph, "mesh")
             d = Dims.build(config.model, 1)
             tokens = mtf.import_fully_replicated(mesh, tf.constant(padded, tf.int32), mtf.Shape([d.batch, d.sequence]))
-            logits = gpt(tokens, d, config.model, train=False, seed=1)
+            logits = gpt(tokens, Context(d, config.model, train=False, seed=1))
             lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
             out = randomize_and_run(lowering, lowering.export_to_tf_tensor(logits), weights=weights)[1]
         ids.append(int(np.argmax(out[0, len(ids) - 1])))
@@ -84,12 +124,12 @@ def test_greedy_batch_of_different_prompt_lengths_equals_full_recompute(prompts,
     ids = np.zeros((3, length), np.int64)
     for row, prompt in enumerate(prompts):
         ids[row, :len(prompt)] = prompt
-    out = decoded(config, ids, [len(p) for p in prompts], SamplingConfig(temperature=0, max_new_tokens=6),
-                  weights, min_prompt_length=min(len(p) for p in prompts))[0]
+    out = decoded(config, ids, [len(p) for p in prompts], PredictConfig(temperature=0, predict_max_steps=6),
+                  weights, min_prompt_length=min(len(p) for p in prompts))
     for row, prompt in enumerate(prompts):
         expected = greedy_reference(config, weights, prompt, 6)
         assert list(out[row, :len(expected)]) == expected
-        assert not out[row, len(expected):].any()  # nothing written past max_new_tokens
+        assert not out[row, len(expected):].any()  # nothing written past predict_max_steps
 
 
 def test_stops_at_eos_and_sampling_is_reproducible_and_mesh_independent():
@@ -97,19 +137,19 @@ def test_stops_at_eos_and_sampling_is_reproducible_and_mesh_independent():
     weights, _ = full_logits(config, np.zeros((4, 16), np.int64))
     ids = np.zeros((4, 16), np.int64)
     ids[:, 0] = [3, 3, 8, 8]
-    sampling = SamplingConfig(temperature=1.0, seed=7)
-    first = decoded(config, ids, [1] * 4, sampling, weights)[0]
-    again = decoded(config, ids, [1] * 4, sampling, weights)[0]
+    sampling = PredictConfig(temperature=1.0)
+    first = decoded(config, ids, [1] * 4, sampling, weights, seed=7)
+    again = decoded(config, ids, [1] * 4, sampling, weights, seed=7)
     np.testing.assert_array_equal(first, again)
     assert (first[0] != first[1]).any()  # rows with the same prompt draw different samples
     four_devices = make("x:2,y:2", "batch:x,vocab:y,heads:y", n_ctx=16, local_attention_radius=4,
                         attention_types=[[["global", "local"], 1]], train_batch_size=4)
-    np.testing.assert_array_equal(decoded(four_devices, ids, [1] * 4, sampling, weights, devices=4)[0], first)
-    other_seed = decoded(config, ids, [1] * 4, SamplingConfig(temperature=1.0, seed=8), weights)[0]
+    np.testing.assert_array_equal(decoded(four_devices, ids, [1] * 4, sampling, weights, devices=4, seed=7), first)
+    other_seed = decoded(config, ids, [1] * 4, sampling, weights, seed=8)
     assert (other_seed != first).any()
     # With eos = the token row 0 drew at position 3, row 0 stops there (nothing after it).
     eos = int(first[0, 3])
-    stopped = decoded(config, ids, [1] * 4, sampling, weights, eos_id=eos)[0]
+    stopped = decoded(config, ids, [1] * 4, sampling, weights, eos_id=eos, seed=7)
     cut = list(stopped[0]).index(eos)
     assert cut <= 3 and not stopped[0, cut + 1:].any()
 

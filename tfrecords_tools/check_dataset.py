@@ -21,10 +21,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import List
 
-from inputs.sequential import count_in_name, natural_sort_key
-from inputs.tokenizer import TokenizerError, load_tokenizer
+from errors import UserError
+from inputs.tokenizer import load_tokenizer
 from meshtf import tf
-from tfrecords_tools.records import masked_crc, read_json
+from storage import count_in_name, natural_sort_key, read_json
+from tfrecords_tools.records import masked_crc
 from tfrecords_tools.sources import InputError
 
 SAMPLE_CHARACTERS = 500
@@ -125,7 +126,7 @@ def check_manifests(files):
         by_dir.setdefault(path.rsplit("/", 1)[0], []).append(path)
     for directory, paths in by_dir.items():
         for manifest_path in tf.io.gfile.glob(directory + "/*.manifest.json"):
-            manifest = read_json(manifest_path)
+            manifest = read_json(manifest_path, "manifest")
             if not manifest.get("complete"):
                 problems.append("%s: the conversion did not finish (rerun it with the same arguments)" % manifest_path)
             for entry in manifest.get("files", []):
@@ -135,8 +136,8 @@ def check_manifests(files):
     return problems
 
 
-def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, out=print, stitch=None):
-    """Check every file matched by `paths`; print a report; return the number of problems.
+def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, stitch=None):
+    """Check every file matched by `paths`; print a report (the tool's output); return the number of problems.
 
     With `stitch`, records are documents that generic_text joins `stitch` at a time (each pattern
     is a dataset of its own): the `stitch` shortest of a pattern's files must hold n_ctx + 1 tokens.
@@ -164,7 +165,7 @@ def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, out=print, stitch=Non
         total_records += report.records
         total_tokens += report.tokens
         first = first or report.first_record
-        out("%s: %d records, %d tokens, ids %s..%s, lengths %s..%s%s" % (
+        print("%s: %d records, %d tokens, ids %s..%s, lengths %s..%s%s" % (
             path, report.records, report.tokens, report.min_id, report.max_id, report.shortest, report.longest,
             "" if entry is None else ", sha256 ok" if not report.problems else ""))
         problems += ["%s: %s" % (path, p) for p in report.problems]
@@ -177,14 +178,14 @@ def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, out=print, stitch=Non
                     "in one example (stitch %d) they would stop training; raise stitch or leave out short "
                     "documents (create_tfrecords --minimum_size)" % (
                         pattern, len(lengths), sum(lengths), " + ".join(map(str, lengths)), n_ctx + 1, stitch))
-    out("total: %d files, %d records, %d tokens" % (len(files), total_records, total_tokens))
+    print("total: %d files, %d records, %d tokens" % (len(files), total_records, total_tokens))
     if tokenizer is not None and first:
         text = tokenizer.decode(first)
-        out("first record, decoded:\n%s\n%s\n%s" % ("-" * 40, text[:SAMPLE_CHARACTERS], "-" * 40))
+        print("first record, decoded:\n%s\n%s\n%s" % ("-" * 40, text[:SAMPLE_CHARACTERS], "-" * 40))
         if len(text) > SAMPLE_CHARACTERS:
-            out("... last %d characters:\n%s\n%s" % (SAMPLE_CHARACTERS, text[-SAMPLE_CHARACTERS:], "-" * 40))
+            print("... last %d characters:\n%s\n%s" % (SAMPLE_CHARACTERS, text[-SAMPLE_CHARACTERS:], "-" * 40))
     for problem in problems:
-        out("problem: %s" % problem)
+        print("problem: %s" % problem)
     return len(problems)
 
 
@@ -192,7 +193,7 @@ def _manifest_entries(files):
     entries = {}
     for directory in {p.rsplit("/", 1)[0] for p in files}:
         for manifest_path in tf.io.gfile.glob(directory + "/*.manifest.json"):
-            for entry in read_json(manifest_path).get("files", []):
+            for entry in read_json(manifest_path, "manifest").get("files", []):
                 entries[directory + "/" + entry["name"]] = entry
     return entries
 
@@ -212,7 +213,7 @@ def main(argv=None):
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         problems = check(args.paths, args.n_vocab, args.n_ctx, tokenizer, stitch=args.stitch)
-    except (TokenizerError, InputError) as e:
+    except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     if problems:

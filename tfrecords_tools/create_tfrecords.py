@@ -45,10 +45,12 @@ import time
 import numpy as np
 from tokenizers import Tokenizer
 
-from inputs.tokenizer import END_OF_TEXT, PADDING, TokenizerError, load_tokenizer
+import storage
+from errors import UserError, first_line
+from inputs.tokenizer import END_OF_TEXT, PADDING, load_tokenizer
 from meshtf import tf
 from tfrecords_tools import records
-from tfrecords_tools.sources import InputError, SkipCounts, TextOptions, document_stream, input_files
+from tfrecords_tools.sources import SkipCounts, TextOptions, document_stream, input_files
 
 MODES = ("chunks", "documents")
 SKIP_FIELDS = [f.name for f in dataclasses.fields(SkipCounts)]
@@ -57,7 +59,7 @@ BATCH_DOCUMENTS = 256          # documents per tokenizer batch
 BATCH_CHARACTERS = 4 << 20     # ... or this much text, whichever comes first
 
 
-class ConversionError(ValueError):
+class RecordsError(UserError):
     """A problem with the arguments or the output directory, worded for the user."""
 
 
@@ -153,18 +155,18 @@ def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mod
     `overwrite` deletes this `name`'s files in `output_dir` first (see `_own_files`).
     """
     if mode not in MODES:
-        raise ConversionError("--mode must be one of %s, got %r" % (", ".join(MODES), mode))
+        raise RecordsError("--mode must be one of %s, got %r" % (", ".join(MODES), mode))
     if chunk_size < 1 or files_per < 1 or minimum_size < 0 or processes < 1:
-        raise ConversionError("--chunk_size, --files_per and --processes must be at least 1, --minimum_size at least 0")
+        raise RecordsError("--chunk_size, --files_per and --processes must be at least 1, --minimum_size at least 0")
     files = input_files(inputs if isinstance(inputs, (list, tuple)) else [inputs])
     tokenizer = load_tokenizer(tokenizer_path)
     vocab_size = tokenizer.get_vocab_size()
     if separator is None:
         separator = tokenizer.token_to_id(END_OF_TEXT)
         if separator is None:
-            raise ConversionError("the tokenizer has no %s token; pass --separator ID" % END_OF_TEXT)
+            raise RecordsError("the tokenizer has no %s token; pass --separator ID" % END_OF_TEXT)
     if not 0 <= separator < vocab_size:
-        raise ConversionError("--separator %d is outside the tokenizer's vocabulary (0..%d)" % (separator, vocab_size - 1))
+        raise RecordsError("--separator %d is outside the tokenizer's vocabulary (0..%d)" % (separator, vocab_size - 1))
 
     arguments = _arguments(files, tokenizer_path, mode, chunk_size, files_per, separator, minimum_size, options, name)
     manifest = _start_or_resume(output_dir, name, arguments, vocab_size, overwrite)
@@ -209,7 +211,7 @@ def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mod
             manifest["skipped"] = vars(skipped)
             manifest["complete"] = True
             manifest["resume"] = None
-            records.write_json(manifest_path(output_dir, name), manifest)
+            storage.write_json(manifest_path(output_dir, name), manifest)
     except BaseException:  # Ctrl-C, a bad input line: keep only complete files
         if writer:
             writer.discard()
@@ -244,7 +246,7 @@ def _finish_file(manifest, writer, output_dir, name, position, pending):
     """Rename the file to its final name and record it in the manifest with where to resume:
     after the document at `position` (None at the end), with `pending` tokens carried over."""
     index = len(manifest["files"])
-    entry = writer.finish("%s/%s_%d_%d.tfrecords" % (output_dir.rstrip("/"), name, index, writer.records))
+    entry = writer.finish("%s/%s" % (output_dir.rstrip("/"), storage.tfrecords_name(name, index, writer.records)))
     manifest["files"].append(entry)
     manifest["records"] += entry["records"]
     manifest["tokens"] += entry["tokens"]
@@ -253,7 +255,7 @@ def _finish_file(manifest, writer, output_dir, name, position, pending):
         manifest["resume"] = {"file": file_index, "document": doc_index + 1, "pending": pending,
                               "skipped": dict(zip(SKIP_FIELDS, skip_counts)), "documents": manifest["documents"],
                               "short_documents": manifest["short_documents"]}
-        records.write_json(manifest_path(output_dir, name), manifest)
+        storage.write_json(manifest_path(output_dir, name), manifest)
 
 
 def _start_or_resume(output_dir, name, arguments, vocab_size, overwrite):
@@ -261,19 +263,19 @@ def _start_or_resume(output_dir, name, arguments, vocab_size, overwrite):
     try:
         tf.io.gfile.makedirs(output_dir)
     except tf.errors.OpError as e:
-        raise ConversionError("cannot create --output_dir %s: %s" % (output_dir, e.message.splitlines()[0])) from None
-    manifest = records.read_json(path) if tf.io.gfile.exists(path) else None
+        raise RecordsError("cannot create --output_dir %s: %s" % (output_dir, first_line(e))) from None
+    manifest = storage.read_json(path, "manifest") if tf.io.gfile.exists(path) else None
     if manifest and manifest["files"] and not overwrite:
         return _resume(output_dir, manifest, arguments)
     start_over = bool(manifest) or overwrite  # this manifest lists no file: its run left nothing to keep
     own = _own_files(name)
-    found = [p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob("%s/%s_*.tfrecords" % (output_dir.rstrip("/"), name))]
+    found = [p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob(storage.tfrecords_glob(output_dir, name))]
     other = next((f for f in found if not own.fullmatch(f)), None)
     if other:
-        raise ConversionError("%s already holds %s, which the dataset glob %s_*.tfrecords would also match: refusing "
+        raise RecordsError("%s already holds %s, which the dataset glob %s_*.tfrecords would also match: refusing "
                               "to mix runs; choose another --output_dir or --name" % (output_dir, other, name))
     if found and not start_over:
-        raise ConversionError("%s already holds %s but no %s: refusing to mix runs; pass --overwrite to delete this "
+        raise RecordsError("%s already holds %s but no %s: refusing to mix runs; pass --overwrite to delete this "
                               "--name's files and start over, or choose another --output_dir or --name"
                               % (output_dir, found[0], path.rsplit("/", 1)[-1]))
     # Starting over: this --name's files, or *.incomplete ones of a run stopped before it had a manifest.
@@ -285,7 +287,7 @@ def _start_or_resume(output_dir, name, arguments, vocab_size, overwrite):
                            "documents": 0, "short_documents": 0}}
     # Written before any record file, so every final-named file has a manifest to resume from.
     with _ctrl_c_held():
-        records.write_json(path, manifest)
+        storage.write_json(path, manifest)
     return manifest
 
 
@@ -296,7 +298,7 @@ def _resume(output_dir, manifest, arguments):
     path = manifest_path(output_dir, name)
     changed = _changed(manifest, arguments)
     if changed:
-        raise ConversionError(
+        raise RecordsError(
             "%s was written with other arguments (%s differ) and lists %d complete file(s); %spass --overwrite to "
             "delete %s.manifest.json and the %s_<index>_<records>.tfrecords files and start over, or choose another "
             "--output_dir or --name" % (path, ", ".join(changed), len(manifest["files"]),
@@ -383,27 +385,25 @@ def write_dataset_config(path, manifest, output_dir, tokenizer_path, split="trai
     arguments = manifest["arguments"]
     tokenizer = load_tokenizer(tokenizer_path)
     padding = tokenizer.token_to_id(PADDING)
-    where = output_dir if output_dir.startswith("gs://") else os.path.abspath(output_dir)
-    glob = "%s/%s_*.tfrecords" % (where.rstrip("/"), arguments["name"])
+    glob = storage.tfrecords_glob(storage.absolute(output_dir), arguments["name"])
     if tokenizer_path == "gpt2":
         # The original's Pile configs: GPT-2 plus an added <|padding|> = 50257.
         config = {"n_vocab": 50257, "tokenizer_path": "gpt2", "tokenizer_is_pretrained": True,
                   "eos_id": arguments["separator"], "padding_id": 50257}
     else:
-        local = not tokenizer_path.startswith("gs://")
         config = {"n_vocab": manifest["vocab_size"],
-                  "tokenizer_path": os.path.abspath(tokenizer_path) if local else tokenizer_path,
+                  "tokenizer_path": storage.absolute(tokenizer_path),
                   "tokenizer_is_pretrained": False, "eos_id": arguments["separator"],
                   "padding_id": padding if padding is not None else arguments["separator"]}
     if tf.io.gfile.exists(path):
-        existing = records.read_json(path)
+        existing = storage.read_json(path, "dataset config")
         clash = [k for k in config if k in existing and existing[k] != config[k]]
         if clash:
-            raise ConversionError("%s exists with other %s; write to another dataset config"
-                                  % (path, ", ".join(clash)))
+            raise RecordsError("%s exists with other %s; write to another dataset config"
+                               % (path, ", ".join(clash)))
         config = dict(existing, **config)
     config["eval_path" if split == "eval" else "path"] = glob
-    records.write_json(path, config)
+    storage.write_json(path, config)
     return config
 
 
@@ -457,16 +457,16 @@ def main(argv=None):
                                     args.chunk_size, args.files_per, args.separator, args.minimum_size,
                                     args.processes, options, progress=not args.quiet, overwrite=args.overwrite)
         if not manifest["files"]:
-            raise ConversionError("the input holds fewer tokens than one record (%d): nothing written; use a "
+            raise RecordsError("the input holds fewer tokens than one record (%d): nothing written; use a "
                                   "smaller --chunk_size or more text" % (args.chunk_size + 1))
         if args.write_dataset_config:
             write_dataset_config(args.write_dataset_config, manifest, args.output_dir, args.encoder_path,
                                  args.dataset_split)
-    except (InputError, ConversionError, TokenizerError) as e:
+    except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     except tf.errors.OpError as e:  # unreadable input, unwritable output, missing bucket
-        print("error: %s" % e.message.splitlines()[0], file=sys.stderr)
+        print("error: %s" % first_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the complete files in %s are kept; resume with: %s"

@@ -1,11 +1,10 @@
-"""TFRecord files written atomically, with their sha256, and the JSON manifest beside them.
+"""TFRecord files written atomically, with their sha256.
 
 Records are framed here (length, masked CRC32C of the length, data, masked CRC32C of the data;
 TensorFlow's TFRecord format) so the bytes can be hashed while they are written, locally or
 on gs://, without reading the file back.
 """
 import hashlib
-import json
 import struct
 
 import google_crc32c
@@ -65,28 +64,3 @@ class RecordWriter:
         self._file.close()
         if tf.io.gfile.exists(self._temp):
             tf.io.gfile.remove(self._temp)
-
-
-def write_atomically(path, data):
-    """Write to `<path>.incomplete`, then rename: readers never see a partial file under `path`."""
-    temp = path + ".incomplete"
-    with tf.io.gfile.GFile(temp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(temp, path, overwrite=True)
-
-
-def write_json(path, value):
-    write_atomically(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
-
-
-def read_json(path):
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -17,13 +17,14 @@ from typing import Tuple
 
 import zstandard
 
-from inputs.sequential import natural_sort_key
+from errors import UserError
 from meshtf import tf
+from storage import natural_sort_key
 
 FORMATS = (".jsonl.zst", ".jsonl.gz", ".jsonl.xz", ".jsonl", ".txt")
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A problem with the input files, worded for the user (file and line)."""
 
 

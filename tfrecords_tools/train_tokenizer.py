@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from errors import UserError, first_line
 from inputs.tokenizer import END_OF_TEXT, PADDING
 from meshtf import tf
 from tfrecords_tools.sources import InputError, SkipCounts, TextOptions, document_stream, input_files
@@ -41,8 +42,8 @@ EOS_ID, PADDING_ID = 0, 1
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)          # every byte plus the specials
 
 
-class OutputExistsError(FileExistsError):
-    """The tokenizer file is already there and --overwrite was not given."""
+class TrainingError(UserError):
+    """An argument out of range, or a tokenizer file already there without --overwrite."""
 
 
 def new_tokenizer():
@@ -57,10 +58,10 @@ def new_tokenizer():
 
 def check_sizes(vocab_size, min_frequency):
     if vocab_size < MIN_VOCAB_SIZE:
-        raise ValueError("--vocab_size must be at least %d (256 bytes + %d special tokens), got %d"
-                         % (MIN_VOCAB_SIZE, len(SPECIAL_TOKENS), vocab_size))
+        raise TrainingError("--vocab_size must be at least %d (256 bytes + %d special tokens), got %d"
+                            % (MIN_VOCAB_SIZE, len(SPECIAL_TOKENS), vocab_size))
     if min_frequency < 1:
-        raise ValueError("--min_frequency must be at least 1, got %d" % min_frequency)
+        raise TrainingError("--min_frequency must be at least 1, got %d" % min_frequency)
 
 
 def train_tokenizer(texts, vocab_size, min_frequency=2, show_progress=False):
@@ -108,11 +109,11 @@ def tokenizer_path(output_dir):
 
 
 def check_output(output_dir, overwrite=False):
-    """Raise OutputExistsError if the tokenizer file exists and may not be replaced."""
+    """Raise a TrainingError if the tokenizer file exists and may not be replaced."""
     path = tokenizer_path(output_dir)
     if not overwrite and tf.io.gfile.exists(path):
-        raise OutputExistsError("%s already exists; pass --overwrite to replace it (nothing else in %s is "
-                                "touched)" % (path, output_dir))
+        raise TrainingError("%s already exists; pass --overwrite to replace it (nothing else in %s is "
+                            "touched)" % (path, output_dir))
     return path
 
 
@@ -174,7 +175,7 @@ def main(argv=None):
         return 2
     try:
         if args.max_documents is not None and args.max_documents < 1:
-            raise ValueError("--max_documents must be at least 1, got %d" % args.max_documents)
+            raise TrainingError("--max_documents must be at least 1, got %d" % args.max_documents)
         check_sizes(args.vocab_size, args.min_frequency)
         check_output(args.output_dir, args.overwrite)
         texts = corpus_texts(args.input, options, args.max_documents, skipped, counted)
@@ -183,9 +184,8 @@ def main(argv=None):
             raise InputError("no documents to train on (%d filtered out by --pile_set_name, %d empty, %d bad "
                              "lines skipped)" % (skipped.filtered, skipped.empty, skipped.bad_lines))
         path = save_tokenizer(tokenizer, args.output_dir, args.overwrite)
-    except (InputError, ValueError, FileExistsError, tf.errors.OpError) as e:
-        message = e.message.splitlines()[0] if isinstance(e, tf.errors.OpError) else str(e)
-        print("error: %s" % message, file=sys.stderr)
+    except (UserError, tf.errors.OpError) as e:
+        print("error: %s" % first_line(e), file=sys.stderr)
         return 2
     vocab_size = tokenizer.get_vocab_size()
     print("trained on %d documents (%d filtered out, %d empty, %d bad lines skipped)"

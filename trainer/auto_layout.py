@@ -44,6 +44,7 @@ from typing import Dict, Optional, Tuple
 from meshtf import mtf, tf
 from models import dims as names
 from models import layers
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt, token_losses
 from trainer.config import ConfigError, MeshConfig, validate
@@ -254,7 +255,7 @@ def training_graph(config):
     mesh = mtf.Mesh(graph, "auto_layout")
     d = Dims.build(config.model, config.train.train_batch_size)
     ids, targets = (mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32) for _ in range(2))
-    logits = gpt(ids, d, config.model, train=True, seed=config.data.seed)
+    logits = gpt(ids, Context(d, config.model, train=True, seed=config.data.seed))
     loss, _ = token_losses(logits, targets, d, config.model.z_loss)
     return graph, [loss] + gradients(loss, graph.trainable_variables)
 

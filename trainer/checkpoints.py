@@ -1,5 +1,6 @@
-"""Checkpoint saving in the original's format: all master variables, sharded, every N steps; and
-restoring only checkpoints that are complete and fit the model.
+"""Checkpoint saving in the original's format: all master variables, sharded, every N steps;
+restoring only checkpoints that are complete and fit the model; and writing a checkpoint from
+numpy arrays (imported or converted weights).
 
 Only master variables (full, unsplit shapes, the original's names) and `global_step` are saved;
 per-device slices are copied to the masters just before each save.
@@ -12,8 +13,8 @@ import numpy as np
 from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.ops import io_ops
 
+from errors import ConfigError
 from meshtf import mtf, tf
-from trainer.config import ConfigError
 from trainer.guards import RefuseNonFinite
 
 log = logging.getLogger("gptneo")
@@ -146,7 +147,7 @@ def latest_step(model_path):
     return int(tf.train.load_variable(path, "global_step")) if path else 0
 
 
-def restore_scaffold_fn(model_path, log, then=None):
+def restore_scaffold_fn(model_path, then=None):
     """A scaffold restoring the newest complete checkpoint however it differs from the graph, or None.
 
     - A checkpoint of another model (a weight of another shape, or missing) is a CheckpointError
@@ -176,16 +177,16 @@ def restore_scaffold_fn(model_path, log, then=None):
         return None
     restored = [v for v in variables if v not in missing and v not in recast]
     if missing:
-        log("%s lacks %d of the model's %d variables; starting %s from their initial values" % (
-            checkpoint, len(missing), len(variables), _some([v.op.name for v in missing])))
+        log.info("%s lacks %d of the model's %d variables; starting %s from their initial values",
+                 checkpoint, len(missing), len(variables), _some([v.op.name for v in missing]))
     recast_dtype = [v for v in recast if stored[v.op.name] != v.dtype.base_dtype]
     if recast_dtype:
-        log("%s stores %d variables in another dtype (e.g. %s as %s); casting them" % (
-            checkpoint, len(recast_dtype), recast_dtype[0].op.name, stored[recast_dtype[0].op.name].name))
+        log.info("%s stores %d variables in another dtype (e.g. %s as %s); casting them",
+                 checkpoint, len(recast_dtype), recast_dtype[0].op.name, stored[recast_dtype[0].op.name].name)
     padded = [v for v in recast if _padded_vocab(v, shapes[v.op.name])]
     if padded:
-        log("%s stores %d rows of %s (a padded vocab); reading the first %d (n_vocab)" % (
-            checkpoint, shapes[padded[0].op.name][0], padded[0].op.name, padded[0].shape.as_list()[0]))
+        log.info("%s stores %d rows of %s (a padded vocab); reading the first %d (n_vocab)",
+                 checkpoint, shapes[padded[0].op.name][0], padded[0].op.name, padded[0].shape.as_list()[0])
 
     def scaffold_fn():
         ops = [tf.variables_initializer(missing)] if missing else []
@@ -236,3 +237,29 @@ def _padded_vocab(variable, stored_shape):
 
 def _some(names):
     return ", ".join(names[:3]) + (" and %d more" % (len(names) - 3) if len(names) > 3 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a checkpoint from arrays
+
+
+def write_checkpoint(prefix, variables, global_step=0):
+    """Save (name, numpy array) pairs, each in its own dtype, plus an int64 `global_step`, as a TF checkpoint.
+
+    prefix ".../model.ckpt" gives .../model.ckpt-<global_step>.{index,data-00000-of-00001} and a
+    `checkpoint` file naming it (relative, so the directory can move). Arrays are fed one at a time
+    (never embedded in the graph), so large models stay within GraphDef's 2 GB limit.
+    Returns the written prefix.
+    """
+    with tf.Graph().as_default() as graph, tf.Session(graph=graph) as session:
+        var_list = {}
+        for name, array in variables:
+            value = tf.placeholder(tf.as_dtype(array.dtype), array.shape)
+            variable = tf.Variable(value, name="v%d" % len(var_list), trainable=False)
+            session.run(variable.initializer, {value: array})
+            var_list[name] = variable
+        step = tf.Variable(np.int64(global_step), name="global_step", trainable=False, dtype=tf.int64)
+        session.run(step.initializer)
+        var_list["global_step"] = step
+        saver = tf.train.Saver(var_list, save_relative_paths=True)
+        return saver.save(session, prefix, global_step=global_step, write_meta_graph=False)

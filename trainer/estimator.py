@@ -1,4 +1,6 @@
 """TPUEstimator construction and the training loop."""
+import logging
+
 from tensorflow_estimator.python.estimator.tpu import tpu_config as tpu_config_lib
 from tensorflow_estimator.python.estimator.tpu import tpu_estimator
 
@@ -6,6 +8,8 @@ from inputs.pipeline import input_fn_for
 from trainer.checkpoints import latest_step
 from trainer.guards import NonFiniteLossHook, SignalStop
 from trainer.model_fn import build_model_fn
+
+log = logging.getLogger("gptneo")
 
 
 def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_prompt_length=1):
@@ -45,7 +49,7 @@ def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_pr
         params={"min_prompt_length": min_prompt_length})
 
 
-def train(estimator, config, steps_per_checkpoint, evaluator=None, log=print, sample=None):
+def train(estimator, config, steps_per_checkpoint, evaluator=None, sample=None):
     """Train to `train_steps` (an absolute step), evaluating with `evaluator` (trainer/evaluation.py)
     every `steps_per_checkpoint` if the config asks for evaluation.
 
@@ -62,8 +66,8 @@ def train(estimator, config, steps_per_checkpoint, evaluator=None, log=print, sa
     step = latest_step(config.model_path)
     results = []
     if step >= t.train_steps:
-        log("checkpoint in %s is at step %d >= train_steps %d: nothing to train"
-            % (config.model_path, step, t.train_steps))
+        log.info("checkpoint in %s is at step %d >= train_steps %d: nothing to train",
+                 config.model_path, step, t.train_steps)
     with SignalStop() as stop:
         hooks = [NonFiniteLossHook(config.model_path), stop.hook]
         while step < t.train_steps and not stop.received:
@@ -74,9 +78,9 @@ def train(estimator, config, steps_per_checkpoint, evaluator=None, log=print, sa
             if sample is not None and not stop.received:
                 sample(step)
             if t.evaluates and not stop.received:
-                results += evaluator.run(estimator, log)
+                results += evaluator.run(estimator)
     if stop.received and step < t.train_steps:
-        log("%s: stopped with a checkpoint at step %d in %s; run the same command to resume"
-            % (stop.received, step, config.model_path))
+        log.info("%s: stopped with a checkpoint at step %d in %s; run the same command to resume",
+                 stop.received, step, config.model_path)
     return results
 

@@ -23,15 +23,18 @@ JSON object (its `task`,
 <model_path>/eval (validation) and <model_path>/eval_lambada.
 """
 import json
+import logging
 import math
 
 import numpy as np
 from tokenizers import decoders
 
+from errors import ConfigError
 from inputs import lambada
 from inputs.pipeline import input_fn_for
 from meshtf import mtf, tf
-from trainer.config import ConfigError
+
+log = logging.getLogger("gptneo")
 
 
 class Evaluator:
@@ -52,22 +55,22 @@ class Evaluator:
             passages = lambada.read_passages(config.train.lambada_path)
             self.lambada = lambada.encode(passages, tokenizer, config.model.n_ctx)
 
-    def run(self, estimator, log=print):
+    def run(self, estimator):
         """Run the eval tasks, then validation (when eval_steps > 0); returns their results."""
         t = self.config.train
         results = []
         if self.lambada:
-            input_fn, steps = lambada.input_fn_for(self.lambada, self.config.model.n_ctx, t.eval_batch_size)
+            input_fn, steps = lambada.passages_input_fn(self.lambada, t.eval_batch_size, self.config.model.n_ctx)
             result = _evaluate(estimator, input_fn, steps, "lambada")
             del result["loss"]  # the estimator's per-batch mean of the word tokens' cross-entropy: no LAMBADA figure
-            log("lambada at step %d: accuracy %.4f | perplexity %.3f | %d passages" % (
-                result["global_step"], result["lambada_accuracy"], result["lambada_perplexity"], len(self.lambada)))
+            log.info("lambada at step %d: accuracy %.4f | perplexity %.3f | %d passages", result["global_step"],
+                     result["lambada_accuracy"], result["lambada_perplexity"], len(self.lambada))
             results.append(result)
         if self.validation:
             result = _evaluate(estimator, self.validation, t.eval_steps, "validation")
-            log("eval at step %d: loss %.4f | cross-entropy %.4f | perplexity %.3f | bits/byte %.4f" % (
-                result["global_step"], result["loss"], result["cross_entropy"], result["perplexity"],
-                result["bits_per_byte"]))
+            log.info("eval at step %d: loss %.4f | cross-entropy %.4f | perplexity %.3f | bits/byte %.4f",
+                     result["global_step"], result["loss"], result["cross_entropy"], result["perplexity"],
+                     result["bits_per_byte"])
             results.append(result)
         path = self.results_path
         existing = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""

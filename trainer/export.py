@@ -12,9 +12,8 @@ import tempfile
 
 import numpy as np
 
-from convert.huggingface import write_checkpoint
 from meshtf import tf
-from trainer.checkpoints import latest_checkpoint
+from trainer.checkpoints import latest_checkpoint, write_checkpoint
 from trainer.config import MeshConfig
 from trainer.estimator import build_estimator
 from trainer.hardware import Hardware

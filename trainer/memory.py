@@ -42,6 +42,7 @@ import numpy as np
 
 from meshtf import mtf, tf
 from models import dims as names
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt, token_losses, variable_dtype
 from trainer.config import Config, ConfigError, MeshConfig, parse_layout, parse_mesh_shape, validate
@@ -81,7 +82,7 @@ def training_step(config, precision="float32"):
         mesh = mtf.Mesh(graph, "memory")
         d = Dims.build(config.model, config.train.train_batch_size)
         ids, targets = (mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32) for _ in range(2))
-        logits = gpt(ids, d, config.model, train=True, seed=config.data.seed, dtype=dtype)
+        logits = gpt(ids, Context(d, config.model, train=True, seed=config.data.seed, dtype=dtype))
         loss, _ = token_losses(logits, targets, d, config.model.z_loss)
         forward_end = len(graph.operations)
         variables = list(graph.trainable_variables)

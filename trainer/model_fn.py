@@ -3,6 +3,7 @@ from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from tensorflow_estimator.python.estimator.tpu.tpu_estimator import TPUEstimatorSpec
 
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt, gpt_losses, variable_dtype
 from models.sampling import generate
@@ -54,7 +55,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
     def _train_loss(ids, targets):
         """The loss of a batch or microbatch (whose dimension `batch` is smaller)."""
         d = Dims.build(config.model, ids.shape.dims[0].size)
-        return gpt_losses(ids, targets, d, config.model, True, config.data.seed, dtype)[0]
+        return gpt_losses(ids, targets, Context(d, config.model, train=True, seed=config.data.seed, dtype=dtype))[0]
 
     def _train_spec(loss, grads, mesh, mesh_impl, step):
         global_step = tf.train.get_or_create_global_step()
@@ -81,7 +82,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
                                 host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr, {
                                     tag: lowering.export_to_tf_tensor(norm) for tag, norm in norms.items()}),
-                                scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info))
+                                scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path))
 
     def _eval_spec(features, labels, mesh, mesh_impl, d):
         """Validation metrics for features {"ids", "bytes"}, LAMBADA's for {"ids", "target_mask"}
@@ -89,7 +90,8 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         shape = mtf.Shape([d.batch, d.sequence])
         ids = mtf.import_fully_replicated(mesh, features["ids"], shape, name="ids")
         targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
-        loss, cross_entropy, logits = gpt_losses(ids, targets, d, config.model, False, config.data.seed, dtype)
+        ctx = Context(d, config.model, train=False, seed=config.data.seed, dtype=dtype)
+        loss, cross_entropy, logits = gpt_losses(ids, targets, ctx)
         if "target_mask" in features:
             target_mask = mtf.import_fully_replicated(mesh, features["target_mask"], shape, name="target_mask")
             loss, outputs = evaluation.lambada_outputs(cross_entropy, logits, targets, target_mask, d)
@@ -103,7 +105,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         tensors = [lowering.export_to_tf_tensor(x) for x in outputs] + inputs
         return TPUEstimatorSpec(ModeKeys.EVAL, loss=tf.cast(lowering.export_to_tf_tensor(loss), tf.float32),
                                 evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(metrics, tensors),
-                                scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info))
+                                scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path))
 
     def _predict_spec(features, mesh, mesh_impl, d, min_prompt_length):
         """Samples for {"ids", "lengths"}; logits for {"ids"} alone (the exported logits model).
@@ -112,16 +114,15 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         """
         sequence = mtf.Dimension(d.sequence.name, features["ids"].shape.as_list()[1])
         ids = mtf.import_fully_replicated(mesh, features["ids"], mtf.Shape([d.batch, sequence]), name="ids")
+        ctx = Context(d, config.model, train=False, seed=config.data.seed)
         if "lengths" not in features:
-            logits = mtf.anonymize(mtf.to_float(gpt(ids, d, config.model, False, config.data.seed)))
+            logits = mtf.anonymize(mtf.to_float(gpt(ids, ctx)))
             lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
             return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
                                     scaffold_fn=_restore_and_fill_slices(lowering),
                                     predictions={"logits": lowering.export_to_tf_tensor(logits)})
         lengths = mtf.import_fully_replicated(mesh, features["lengths"], mtf.Shape([d.batch]), name="lengths")
-        sampling = config.predict.sampling(config.data.seed)
-        samples = mtf.anonymize(generate(ids, lengths, d, config.model, sampling, config.data.eos_id,
-                                         config.data.seed, min_prompt_length))
+        samples = mtf.anonymize(generate(ids, lengths, ctx, config.predict, config.data.eos_id, min_prompt_length))
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
                                 scaffold_fn=_restore_and_fill_slices(lowering),
@@ -130,7 +131,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
     def _restore_and_fill_slices(lowering):
         """Restore (see checkpoints.restore_scaffold_fn), then fill the per-device slices from the
         masters in the local init op, which a SavedModel runs at load time (it holds only masters)."""
-        return checkpoints.restore_scaffold_fn(config.model_path, hooks.log.info, lowering.copy_masters_to_slices)
+        return checkpoints.restore_scaffold_fn(config.model_path, lowering.copy_masters_to_slices)
 
     return model_fn
 

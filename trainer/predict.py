@@ -1,14 +1,16 @@
 """--predict: sample continuations of prompts from the latest checkpoint, print and save them."""
 import json
+import logging
 import os
 import tempfile
 
-from inputs.prompts import input_fn_for
+import storage
+from errors import ConfigError, first_line
+from inputs.prompts import prompts_input_fn
 from meshtf import tf
 from models.sampling import decode_length
-from tfrecords_tools.records import write_atomically
-from trainer.config import ConfigError
 
+log = logging.getLogger("gptneo")
 SAMPLE_RULE = "=" * 40
 OUTPUT_FIX = "give --output a path in a writable directory"
 
@@ -22,14 +24,16 @@ def continuation(ids, length, n_ctx, max_new_tokens, eos_id):
     return tokens, "length"
 
 
-def predict(estimator, config, tokenizer, rows, output_path, log=print):
-    """Sample each row (inputs.prompts.encode_prompts); write `<output>.txt` and `<output>.jsonl`;
-    return the samples. An output that cannot be written is a ConfigError before sampling (see
-    `check_output`), or after it (see `write_samples`)."""
-    check_output(output_path)
+def predict(estimator, config, tokenizer, rows, output_path):
+    """Sample each row (inputs.prompts.encode_prompts); log and write them to `<output>.txt` and
+    `<output>.jsonl`; return the samples. An output that cannot be written is a ConfigError before
+    sampling, or after it (see `write_samples`)."""
+    problem = storage.write_problem(os.path.dirname(output_path) or ".")
+    if problem:
+        raise ConfigError("cannot write the samples to %s.txt (%s); %s" % (output_path, problem, OUTPUT_FIX))
     m, p = config.model, config.predict
     length = decode_length(max(len(row.tokens) for row in rows), p.predict_max_steps, m.n_ctx)
-    input_fn = input_fn_for(rows, length, config.train.predict_batch_size, config.data.padding_id)
+    input_fn = prompts_input_fn(rows, config.train.predict_batch_size, length, config.data.padding_id)
     results = []
     for row, output in zip(rows, estimator.predict(input_fn, yield_single_examples=True)):
         tokens, finish = continuation(output["ids"], len(row.tokens), m.n_ctx, p.predict_max_steps,
@@ -42,26 +46,11 @@ def predict(estimator, config, tokenizer, rows, output_path, log=print):
     for i, sample in enumerate(results):
         shown = sample["text"] if p.remove_partial_sequences else sample["prompt"] + sample["text"]
         blocks.append("%s SAMPLE %d %s\n\n%s\n\n%s\n" % (SAMPLE_RULE, i, SAMPLE_RULE, shown, "=" * 80))
-        log(blocks[-1])
+        log.info(blocks[-1])
     write_samples(output_path, {".txt": "".join(blocks),
                                 ".jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in results)})
-    log("wrote %d samples to %s.txt and %s.jsonl" % (len(results), output_path, output_path))
+    log.info("wrote %d samples to %s.txt and %s.jsonl", len(results), output_path, output_path)
     return results
-
-
-def check_output(output_path):
-    """Create the directory of `output_path` and try writing a file there: a ConfigError before
-    sampling rather than samples that cannot be saved after it."""
-    probe = output_path + ".write_test"
-    try:
-        if os.path.dirname(output_path):
-            tf.io.gfile.makedirs(os.path.dirname(output_path))
-        with tf.io.gfile.GFile(probe, "w") as f:
-            f.write("ok")
-        tf.io.gfile.remove(probe)
-    except tf.errors.OpError as e:
-        raise ConfigError("cannot write the samples to %s.txt (%s); %s"
-                          % (output_path, _first_line(e), OUTPUT_FIX)) from None
 
 
 def write_samples(output_path, texts):
@@ -73,22 +62,18 @@ def write_samples(output_path, texts):
         _write(output_path, texts)
         return
     except tf.errors.OpError as e:
-        reason = _first_line(e)
+        reason = first_line(e)
     try:
         fallback = os.path.join(tempfile.mkdtemp(prefix="gptneo_samples_"), os.path.basename(output_path))
         _write(fallback, texts)
     except (OSError, tf.errors.OpError) as e:
         raise ConfigError("cannot write the samples to %s.txt (%s), nor to the system's temp directory (%s): "
                           "copy them from the output above; %s"
-                          % (output_path, reason, _first_line(e), OUTPUT_FIX)) from None
+                          % (output_path, reason, first_line(e), OUTPUT_FIX)) from None
     raise ConfigError("cannot write the samples to %s.txt (%s), so they are in %s.txt and .jsonl instead; %s"
                       % (output_path, reason, fallback, OUTPUT_FIX))
 
 
 def _write(output_path, texts):
     for suffix, text in texts.items():
-        write_atomically(output_path + suffix, text.encode("utf-8"))
-
-
-def _first_line(error):
-    return (error.message if isinstance(error, tf.errors.OpError) else str(error)).splitlines()[0]
+        storage.write_atomically(output_path + suffix, text.encode("utf-8"))

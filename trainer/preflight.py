@@ -5,6 +5,7 @@ the lowering otherwise). Which dimensions meet in one tensor depends on the mode
 model is built in a scratch graph (no memory is allocated) and every tensor is checked.
 """
 from meshtf import mtf, tf
+from models.context import Context
 from models.dims import Dims
 from models.gpt import gpt, token_losses
 from trainer.config import ConfigError
@@ -21,7 +22,7 @@ def preflight(config, mode="train"):
         mesh = mtf.Mesh(graph, "layout_check")
         d = Dims.build(config.model, config.train.batch_size(mode))
         ids = mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32)
-        logits = gpt(ids, d, config.model, train=False, seed=0)
+        logits = gpt(ids, Context(d, config.model, train=False, seed=0))
         token_losses(logits, ids, d, config.model.z_loss)
         for op in graph.operations:
             for tensor in op.outputs:
