@@ -24,7 +24,7 @@ demo: build/sample/train
 
 # Installs need the network; the tests run without it (tests/isolated.sh: loopback only).
 test: $(VENV)/.installed
-	tests/isolated.sh $(PY) -m pytest -q tests
+	tests/isolated.sh $(PY) -m pytest -q -n 2 tests
 
 # The whole user-journey matrix (every config x data kind x printed layout x mode; tests/test_journey.py),
 # about an hour on 2 cores; its table goes to build/journey_table.md.

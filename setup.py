@@ -30,6 +30,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            # Two workers: one builds a graph (Python) while the other computes (TensorFlow).
+            "pytest-xdist>=3",
             # HuggingFace's GPT-Neo loader and converter, to check that it reads our checkpoints.
             "transformers==4.47.1",
             "torch==2.13.0",
