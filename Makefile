@@ -1,19 +1,27 @@
-# Two commands on a fresh clone:  `make demo` (train the tiny demo model on CPU) and `make test`.
+# Two commands on a fresh clone:  `make demo` (train the tiny demo model on CPU, sample from it, plot its
+# loss) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: demo test journey install
 
-$(VENV)/.installed: setup.py
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+
+# The demo needs TensorFlow's CPU build and matplotlib; the tests add their own stack (torch, transformers, ...).
+$(VENV)/.demo-installed: setup.py | $(PY)
+	$(PY) -m pip install --quiet -e ".[cpu,plot]"
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.test-installed: setup.py | $(PY)
+	$(PY) -m pip install --quiet -e ".[cpu,test]"
+	touch $@
 
-build/sample/train: $(VENV)/.installed data/sample/train.jsonl.zst
+install: $(VENV)/.test-installed
+
+build/sample/train: $(VENV)/.demo-installed data/sample/train.jsonl.zst
 	$(PY) -m tfrecords_tools.create_tfrecords --input_dir data/sample/train.jsonl.zst \
 		--output_dir build/sample/train --name sample --chunk_size 128 --files_per 500
 	$(PY) -m tfrecords_tools.create_tfrecords --input_dir data/sample/val.jsonl.zst \
@@ -21,12 +29,14 @@ build/sample/train: $(VENV)/.installed data/sample/train.jsonl.zst
 
 demo: build/sample/train
 	$(PY) main.py --model configs/demo_cpu.json --steps_per_checkpoint 100
+	$(PY) main.py --model configs/demo_cpu.json --predict --max_new_tokens 40 --temperature 0.7
+	$(PY) -m trainer.loss_plot --model_path build/demo_model --output build/demo_model/loss.png
 
-# Installs need the network; the tests run without it (tests/isolated.sh: loopback only).
-test: $(VENV)/.installed
+# Installs need the network; the tests run without it (tests/isolated.sh: loopback only), in two workers.
+test: $(VENV)/.test-installed
 	tests/isolated.sh $(PY) -m pytest -q -n 2 tests
 
 # The whole user-journey matrix (every config x data kind x printed layout x mode; tests/test_journey.py),
 # about an hour on 2 cores; its table goes to build/journey_table.md.
-journey: $(VENV)/.installed
+journey: $(VENV)/.test-installed
 	tests/isolated.sh $(PY) -m pytest -q -m journey tests/test_journey.py

@@ -26,10 +26,10 @@ from trainer.estimator import build_estimator, train
 from trainer.evaluation import Evaluator
 from trainer.export import export
 from trainer.flops import parse_peak_tflops
-from trainer.guards import NonFiniteError
+from trainer.guards import EXIT_STOPPED, NonFiniteError, StoppedEarly
 from trainer.hardware import select_hardware
 from trainer.predict import predict
-from trainer.preflight import preflight
+from trainer.preflight import device_of, preflight
 
 log = logging.getLogger("gptneo")
 
@@ -41,8 +41,9 @@ SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "max_new_tokens", "num_sample
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="model config: a path ending in .json (local or gs://) or the name of one in configs/")
+    p.add_argument("--model", default=None,
+                   help="model config: a path ending in .json (local or gs://) or the name of one in configs/; "
+                        "default with --model_path: the config.json a training run recorded there")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="replace config keys, typed and checked like the file's: a JSON value (2, 0.5, true, "
                         "null, [[[\"global\"], 2]]) or else a string (mesh_shape=x:1,y:2); e.g. n_layer=2 n_embd=64")
@@ -94,8 +95,10 @@ def parse_args(argv=None):
                         "results eval_<id>.jsonl")
     p.add_argument("--export_dir", default=None, help="where --export writes (default <model_path>/export)")
     p.add_argument("--device_memory", type=float, default=None,
-                   help="GiB of memory of one mesh device, which --auto_layout's choice must fit "
-                        "(default %g: a TPU v3 core)" % (auto_layout.DEFAULT_DEVICE_MEMORY / 2 ** 30))
+                   help="GiB of memory of one mesh device: training checks first that its step fits (default: "
+                        "the device's own when known: a GPU, or a TPU named by --peak_tflops; none on CPU), and "
+                        "--auto_layout's choice must fit it (default %g: a TPU v3 core)"
+                        % (auto_layout.DEFAULT_DEVICE_MEMORY / 2 ** 30))
     args = p.parse_intermixed_args(argv)  # KEY=VALUE anywhere among the flags
     args.mode = next((mode for mode in MODES if getattr(args, mode)), "train")
     if args.steps_per_checkpoint < 1:
@@ -107,6 +110,10 @@ def parse_args(argv=None):
     for flag in ("model_path", "mesh_shape", "layout"):
         if getattr(args, flag) is not None:
             args.overrides[flag] = getattr(args, flag)
+    if args.model is None:
+        if "model_path" not in args.overrides:
+            p.error("give --model (a config), or --model_path of a run (the config it recorded there)")
+        args.model = str(args.overrides["model_path"]).rstrip("/") + "/config.json"
     _check_mode_flags(p, args)
     return args
 
@@ -114,7 +121,7 @@ def parse_args(argv=None):
 def _check_mode_flags(p, args):
     """Flags that would be silently ignored in this mode are errors instead."""
     used = {"prompt": ("predict", "train"), "output": ("predict",), "export_dir": ("export",),
-            "device_memory": ("auto_layout", "auto_layout_and_mesh_shape"), "new": ("train",),
+            "device_memory": ("auto_layout", "auto_layout_and_mesh_shape", "train"), "new": ("train",),
             "sacred_id": ("train", "eval", "predict")}
     used.update({flag: ("predict", "export", "train") for flag in SAMPLING_FLAGS})
     for flag, modes in used.items():
@@ -206,9 +213,15 @@ def start_over(model_path):
 
 
 def record_run(config, args):
-    """Keep the config this run trains with (the file with the command line's overrides) in model_path."""
-    raw = raw_config(args.model, args.overrides)
-    storage.write_json(config.model_path.rstrip("/") + "/config.json", raw)
+    """Keep what this run trains with in model_path: the model config with the command line's overrides
+    (config.json) and its dataset configs (dataset_configs/<id>.json, looked up beside it first), so that
+    --predict, --eval and --export run from `--model_path` alone."""
+    root = config.model_path.rstrip("/")
+    storage.write_json(root + "/config.json", raw_config(args.model, args.overrides))
+    tf.io.gfile.makedirs(root + "/dataset_configs")
+    for ds in config.data.dataset_configs:
+        storage.write_json("%s/dataset_configs/%s.json" % (root, ds.id),
+                           {key: value for key, value in dataclasses.asdict(ds).items() if key != "id"})
     if args.overrides:
         log.info("config %s with %s", config.name, " ".join("%s=%s" % (k, json.dumps(v)) for k, v in args.overrides.items()))
 
@@ -239,9 +252,9 @@ def run(args):
         paths = export(config, args.export_dir or config.model_path.rstrip("/") + "/export")
         log.info("exported logits to %s and generation to %s", paths["logits"], paths["generate"])
         return
-    parameters = preflight(config, mode)
-    tokenizer = tokenizer_for(config.data) if config.data.dataset_configs else None
     hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids, peak_tflops=args.peak_tflops)
+    parameters = preflight(config, mode, device_of(hardware, args.device_memory))
+    tokenizer = tokenizer_for(config.data) if config.data.dataset_configs else None
     # Everything a mode reads is found now, before any step runs: samples' prompts, evaluation's files.
     samples = args.predict or (mode == "train" and config.train.predict_steps > 0)
     rows = sampling_rows(config, tokenizer, args.prompt) if samples else None
@@ -273,7 +286,7 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
     log.handlers = [handler]  # the current stdout, also when main() runs again in one process
     log.setLevel(logging.INFO)
     tf.logging.set_verbosity(tf.logging.WARN)
@@ -285,6 +298,9 @@ def main(argv=None):
     except NonFiniteError as e:
         print("error: %s" % e, file=sys.stderr)
         return 1
+    except StoppedEarly as e:  # not an error: a retry loop runs the command again (docs/tpu-vm.md)
+        log.info("%s", e)
+        return EXIT_STOPPED
     except tf.errors.InvalidArgumentError as e:
         # Assertions in the input pipeline carry a user-facing message; anything else is a bug.
         if "Data error:" not in e.message:

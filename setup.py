@@ -10,24 +10,27 @@ setup(
                                     "configs"]),
     py_modules=["meshtf", "errors", "storage", "main"],
     package_data={"inputs": ["assets/gpt2/*"], "configs": ["*.json", "dataset_configs/*.json"]},
+    # TensorFlow comes from one extra per platform: [cpu], [tpu] or [gpu] (each 2.15.1: TF 2.16+ cannot
+    # import mesh-tensorflow or the estimator), so that a later install of this package never puts
+    # tensorflow-cpu back over a TPU or GPU build.
     install_requires=[
-        # TF 2.16+ cannot import mesh-tensorflow or the estimator. On a TPU VM install
-        # tensorflow-tpu==2.15.1 instead, on GPUs tensorflow[and-cuda]==2.15.1 (see README).
-        "tensorflow-cpu==2.15.1; platform_machine=='x86_64'",
-        "tensorflow==2.15.1; platform_machine!='x86_64'",
         "tensorflow-estimator==2.15.0",
         "mesh-tensorflow==0.1.21",
-        # Only this release of TF's GCS plugin works against a GCS emulator (later ones segfault).
-        "tensorflow-io-gcs-filesystem==0.34.0",
+        "absl-py>=1.0",  # trainer/hardware.py marks mesh-tf's absl flags parsed
         "numpy>=1.23.5,<2",
         "tokenizers>=0.15,<0.22",
-        "google-cloud-storage>=2.10",
         "zstandard>=0.21",
         "google-crc32c>=1.5",
         "tqdm>=4.60",
-        "ftfy>=6.1",
     ],
     extras_require={
+        "cpu": ["tensorflow-cpu==2.15.1; platform_machine=='x86_64'",
+                "tensorflow==2.15.1; platform_machine!='x86_64'"],
+        # With -f https://storage.googleapis.com/libtpu-releases/index.html (see README.md).
+        "tpu": ["tensorflow-tpu==2.15.1"],
+        "gpu": ["tensorflow[and-cuda]==2.15.1"],
+        "ftfy": ["ftfy>=6.1"],  # create_tfrecords / train_tokenizer --ftfy
+        "plot": ["matplotlib>=3.7"],  # the loss plot of `make demo` (trainer/loss_plot.py)
         "test": [
             "pytest>=7",
             # Two workers: one builds a graph (Python) while the other computes (TensorFlow).
@@ -36,8 +39,17 @@ setup(
             "transformers==4.47.1",
             "torch==2.13.0",
             "safetensors",
-            # Local GCS server for the gs:// tests (tests/gcs_emulator.py).
+            # lm-evaluation-harness on our HF export (docs/evaluation.md); pyarrow 26, which its `datasets`
+            # would bring, needs numpy 2.
+            "lm-eval[hf]==0.4.13",
+            "pyarrow<26",
+            # Local GCS server for the gs:// tests (tests/gcs_emulator.py), the Python client the tests
+            # read it with, and the only release of TF's GCS plugin that works against it (later ones segfault).
             "gcp-storage-emulator==2026.7.19",
+            "google-cloud-storage>=2.10",
+            "tensorflow-io-gcs-filesystem==0.34.0",
+            "ftfy>=6.1",
+            "matplotlib>=3.7",
         ],
     },
 )

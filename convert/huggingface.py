@@ -1,19 +1,25 @@
 """Move GPT-Neo weights between our Mesh-TF checkpoints and HuggingFace's format, without torch.
 
     python -m convert.huggingface export --model CONFIG --output_dir DIR [--checkpoint CKPT] [--vocab_size N]
-    python -m convert.huggingface import --hf_dir DIR --output_dir DIR [--dtype bfloat16]
+    python -m convert.huggingface import --hf_dir DIR_OR_HUB_ID --output_dir DIR [--dtype bfloat16]
 
 export: a checkpoint of ours (float32 or bfloat16 masters; optimizer slots are skipped) becomes
 DIR/config.json (a complete GPTNeoConfig) and DIR/model.safetensors (float32, HF names, kernels
 transposed to torch's [out, in], no lm_head: it is tied to wte), which
-`transformers.GPTNeoForCausalLM.from_pretrained(DIR)` loads. --vocab_size keeps the first N rows
-of wte (50257 for a vocab padded to 50304).
+`transformers.GPTNeoForCausalLM.from_pretrained(DIR)` loads, plus DIR/generation_config.json (the
+config's sampling keys) and the config's tokenizer as transformers' AutoTokenizer loads it
+(tokenizer.json, tokenizer_config.json, special_tokens_map.json; GPT-2's also vocab.json +
+merges.txt), so `pipeline("text-generation", model=DIR)` and lm-evaluation-harness run on DIR
+offline. --vocab_size keeps the first N rows of wte (50257 for a vocab padded to 50304).
 
 import: a HuggingFace GPT-Neo directory (config.json plus model.safetensors or pytorch_model.bin,
-or their sharded `*.index.json` forms) becomes DIR/model.ckpt-0 (exactly the model variables and
-an int64 global_step 0, with float32 or bfloat16 masters) and DIR/config_from_hf.json: a model
-config of ours whose training keys (datasets, batch size, steps, mesh, layout) are placeholders
-to complete before fine-tuning with `main.py --model DIR/config_from_hf.json`.
+or their sharded `*.index.json` forms), or a hub id such as EleutherAI/gpt-neo-125M where no
+such directory exists (downloaded when the hub is reachable), becomes DIR/model.ckpt-0 (exactly
+the model variables and an int64 global_step 0, with float32 or bfloat16 masters) and
+DIR/config_from_hf.json: a model config of ours whose training keys (datasets, batch size, steps,
+mesh, layout) are placeholders to complete before fine-tuning with `main.py --model
+DIR/config_from_hf.json`. The tokenizer files our data tools read (tokenizer.json, or vocab.json
++ merges.txt) are copied, so a dataset config's `tokenizer_path` can be DIR.
 
 Only numpy and TensorFlow's checkpoint reader/writer are used. The safetensors format (an 8-byte
 header length, a JSON header, raw little-endian arrays) is read and written here one tensor at a
@@ -24,6 +30,7 @@ Python object, so an untrusted file cannot run code.
 import argparse
 import collections
 import contextlib
+import fnmatch
 import functools
 import io
 import json
@@ -33,14 +40,16 @@ import re
 import shutil
 import struct
 import sys
+import tempfile
 import uuid
 import zipfile
 
 import numpy as np
 
 from errors import ConfigError, UserError, first_line
+from inputs.tokenizer import gpt2_bpe_files, load_tokenizer
 from meshtf import tf
-from storage import absolute, is_remote, read_json, write_json
+from storage import absolute, is_remote, read_json, write_atomically, write_json
 from trainer.checkpoints import write_checkpoint
 from trainer.config import Config, expand_attention_types, load_config, parse_overrides
 
@@ -63,6 +72,9 @@ IGNORED_HF_TENSORS = re.compile(r"lm_head\.weight|transformer\.h\.\d+\.attn\.att
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": BFLOAT16,
                       "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+# The files of a tokenizer `inputs.tokenizer.load_tokenizer` reads from a directory; import copies them.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/model, as the HuggingFace hub names models
 # Storage classes of torch's pickles we rebuild: floats, and the uint8/bool mask buffers of old files.
 TORCH_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "BFloat16Storage": BFLOAT16,
                         "ByteStorage": np.uint8, "BoolStorage": np.bool_}
@@ -134,12 +146,13 @@ def compress_attention_types(kinds):
 
 
 def export_hf(checkpoint, config, output_dir, vocab_size=None):
-    """Write `output_dir/config.json` and `output_dir/model.safetensors` from one of our checkpoints.
+    """Write a HuggingFace directory from one of our checkpoints: `config.json`, `model.safetensors`,
+    `generation_config.json` and, when the config names a tokenizer, its files (`tokenizer_files`).
 
     checkpoint: a checkpoint prefix (".../model.ckpt-1000") or a directory (its newest checkpoint).
     config: the model's `trainer.config.Config`, or a config name/path for `load_model_config`.
     vocab_size: rows of wte to keep (default n_vocab), e.g. 50257 of a vocab padded to 50304.
-    Returns the checkpoint prefix that was exported.
+    Returns (the checkpoint prefix exported, the names of the files written).
     """
     if not isinstance(config, Config):
         config = load_model_config(config)
@@ -153,6 +166,8 @@ def export_hf(checkpoint, config, output_dir, vocab_size=None):
     reader = read_checkpoint(prefix)
     table = variable_table(m.n_embd, m.n_layer, m.n_ctx, m.n_vocab)
     _check_checkpoint(reader, prefix, table)
+    special = special_ids(config.data, vocab_size)
+    files = tokenizer_files(config, special)
 
     def tensors():
         for var in table:
@@ -165,8 +180,11 @@ def export_hf(checkpoint, config, output_dir, vocab_size=None):
         write_safetensors(os.path.join(staging, "model.safetensors"),
                           [(v.hf_name, hf_shape(v, vocab_size)) for v in table], tensors(),
                           metadata={"format": "pt"})  # what save_pretrained writes, from_pretrained checks
+        for name, content in files.items():
+            (write_json if isinstance(content, dict) else write_atomically)(os.path.join(staging, name), content)
+        write_json(os.path.join(staging, "generation_config.json"), generation_config(config, special))
         write_json(os.path.join(staging, "config.json"), hf_config(config, vocab_size))
-    return prefix
+    return prefix, sorted(["config.json", "generation_config.json", "model.safetensors", *files])
 
 
 def load_model_config(name_or_path, overrides=None):
@@ -203,6 +221,70 @@ def hf_config(config, vocab_size):
         "vocab_size": vocab_size,
         "window_size": m.local_attention_radius,  # HF's window: i - W < j <= i, our radius exactly
     }
+
+
+SpecialIds = collections.namedtuple("SpecialIds", "eos pad")
+
+
+def special_ids(data, vocab_size):
+    """The dataset config's eos and padding ids as transformers' bos/eos and pad. The pad falls back to
+    eos when the exported wte has no row for padding_id (the Pile configs' `<|padding|>` is 50257, past
+    GPT-Neo's 50257 rows): generate feeds pads through the embedding, so such a pad would crash it."""
+    if data.eos_id >= vocab_size:
+        raise ConversionError("eos_id %d has no row in the exported wte of %d rows; export at least %d rows "
+                              "(--vocab_size)" % (data.eos_id, vocab_size, data.eos_id + 1))
+    return SpecialIds(data.eos_id, data.padding_id if data.padding_id < vocab_size else data.eos_id)
+
+
+def generation_config(config, special):
+    """generation_config.json: the config's sampling keys as `generate` reads them (docs/sampling-and-export.md
+    has the table). temperature 0 (greedy) is do_sample false; top_k 0 and top_p 1 are off in both;
+    predict_max_steps is max_new_tokens, and without it samples run up to n_ctx (max_length)."""
+    p = config.predict
+    generation = {"bos_token_id": special.eos, "eos_token_id": special.eos, "pad_token_id": special.pad}
+    if p.temperature == 0:
+        generation["do_sample"] = False  # sampling keys beside it would fail GenerationConfig.validate
+    else:
+        generation.update(do_sample=True, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+    if p.predict_max_steps is None:
+        generation["max_length"] = config.model.n_ctx
+    else:
+        generation["max_new_tokens"] = p.predict_max_steps
+    return generation
+
+
+def tokenizer_files(config, special):
+    """{file name: bytes, or a dict written as JSON}: the config's tokenizer (its first dataset config's, as
+    training reads it) as transformers loads it offline; {} when the config has no dataset or its dataset
+    no tokenizer.
+
+    tokenizer.json is our tokenizer exactly (with `<|padding|>` for tokenizer_is_pretrained), so the fast
+    tokenizer encodes as ours. GPT-2's BPE also gets its vocab.json + merges.txt, for the slow
+    GPT2Tokenizer (whose defaults, no prefix space and unk `<|endoftext|>`, are our BPE's); another
+    tokenizer loads as a PreTrainedTokenizerFast of its tokenizer.json.
+    """
+    datasets = config.data.dataset_configs
+    if not datasets or not datasets[0].tokenizer_path:
+        return {}
+    path = datasets[0].tokenizer_path
+    tokenizer = load_tokenizer(path, datasets[0].tokenizer_is_pretrained)
+    eos, pad = (tokenizer.id_to_token(i) for i in special)
+    if eos is None or pad is None:
+        raise ConversionError("eos_id %d or padding_id %d is not a token of tokenizer %s; fix the dataset "
+                              "config's ids" % (special.eos, special.pad, path))
+    bpe_files = gpt2_bpe_files(path)
+    tokens = {"bos_token": eos, "eos_token": eos, "pad_token": pad}
+    settings = dict(tokens, **{
+        "tokenizer_class": "GPT2Tokenizer" if bpe_files else "PreTrainedTokenizerFast",
+        "model_max_length": config.model.n_ctx,
+        "clean_up_tokenization_spaces": False,  # decode as ours does: keep the spaces before punctuation
+        # The special tokens by id, which the slow tokenizer adds to vocab.json's (save_pretrained's form).
+        "added_tokens_decoder": {str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized,
+                                          "rstrip": t.rstrip, "single_word": t.single_word, "special": t.special}
+                                 for i, t in sorted(tokenizer.get_added_tokens_decoder().items())},
+    })
+    return dict(bpe_files, **{"tokenizer_config.json": settings, "special_tokens_map.json": tokens,
+                              "tokenizer.json": tokenizer.to_str().encode()})
 
 
 def _check_exportable(m):
@@ -272,21 +354,28 @@ def _check_checkpoint(reader, prefix, table):
 
 
 def import_hf(hf_dir, output_dir, dtype="float32"):
-    """Write `output_dir/model.ckpt-0` and `output_dir/config_from_hf.json` from a HuggingFace directory.
+    """Write `output_dir/model.ckpt-0` and `output_dir/config_from_hf.json` from a HuggingFace directory,
+    with a copy of its tokenizer files (TOKENIZER_FILES) if it has them.
 
+    hf_dir: a directory (local or gs://), or the hub id (owner/model) of one where no such directory
+    exists, downloaded from the HuggingFace hub to a temporary directory (`hf_directory`).
     dtype: master dtype of the checkpoint, "float32" or "bfloat16" (the config's `precision`).
-    Returns the checkpoint prefix written.
+    Returns (the checkpoint prefix written, the names of the files written).
     """
     if dtype not in MASTER_DTYPES:
         raise ConversionError("dtype must be one of %s, got %r" % (", ".join(MASTER_DTYPES), dtype))
+    if tf.io.gfile.exists(os.path.join(output_dir, "checkpoint")) or \
+            tf.io.gfile.glob(os.path.join(output_dir, "model.ckpt-*")):
+        raise ConversionError("%s already holds a checkpoint; import into a new directory" % output_dir)
+    with hf_directory(hf_dir) as directory:
+        return _import_directory(directory, output_dir, dtype)
+
+
+def _import_directory(hf_dir, output_dir, dtype):
     model = model_fields_from_hf(read_json(os.path.join(hf_dir, "config.json"), "HuggingFace config"))
     tensors, source = read_hf_tensors(hf_dir)
     table = variable_table(model["n_embd"], model["n_layer"], model["n_ctx"], model["n_vocab"])
     _check_hf_tensors(tensors, source, table, model["n_vocab"])
-    if tf.io.gfile.exists(os.path.join(output_dir, "checkpoint")) or \
-            tf.io.gfile.glob(os.path.join(output_dir, "model.ckpt-*")):
-        raise ConversionError("%s already holds a checkpoint; import into a new directory" % output_dir)
-
     master = MASTER_DTYPES[dtype]
 
     def variables():
@@ -296,10 +385,51 @@ def import_hf(hf_dir, output_dir, dtype="float32"):
             yield var.name, array.astype(master)  # round to nearest even for bfloat16
 
     model_path = absolute(output_dir)
+    tokenizer_names = [name for name in TOKENIZER_FILES if tf.io.gfile.exists(os.path.join(hf_dir, name))]
     with staged_dir(output_dir, last=("checkpoint",)) as staging:
         prefix = write_checkpoint(os.path.join(staging, "model.ckpt"), variables(), global_step=0)
         write_json(os.path.join(staging, "config_from_hf.json"), our_config(model, model_path, dtype))
-    return os.path.join(output_dir, os.path.basename(prefix))
+        for name in tokenizer_names:
+            with tf.io.gfile.GFile(os.path.join(hf_dir, name), "rb") as f:
+                write_atomically(os.path.join(staging, name), f.read())
+    return os.path.join(output_dir, os.path.basename(prefix)), sorted(tokenizer_names + ["config_from_hf.json"])
+
+
+@contextlib.contextmanager
+def hf_directory(name):
+    """Yield the directory `name`, or, when no such directory exists and `name` is a hub id (owner/model),
+    a temporary one holding that model's config.json, weights and tokenizer files from the hub."""
+    if is_remote(name) or tf.io.gfile.exists(name) or not HUB_ID.fullmatch(name):
+        yield name
+        return
+    with tempfile.TemporaryDirectory(prefix="hf-download-") as directory:
+        download_from_hub(name, directory)
+        yield directory
+
+
+def download_from_hub(repo_id, directory):
+    """config.json, the weights (safetensors if the model has them, else pytorch_model.bin; whole or
+    sharded) and the tokenizer files of the hub model `repo_id`, into `directory`."""
+    # tokenizers' dependencies, imported only here: only a hub id needs the network.
+    import huggingface_hub
+    import requests
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    try:
+        names = huggingface_hub.list_repo_files(repo_id)
+        safetensors = any(fnmatch.fnmatch(n, "model*.safetensors*") for n in names)
+        weights = "model*.safetensors*" if safetensors else "pytorch_model*.bin*"
+        huggingface_hub.snapshot_download(repo_id, local_dir=directory,
+                                          allow_patterns=["config.json", weights, *TOKENIZER_FILES])
+    except (OSError, ValueError) as e:
+        if isinstance(e, OfflineModeIsEnabled):
+            reason = "HF_HUB_OFFLINE is set"
+        elif isinstance(e, requests.ConnectionError):
+            reason = "the hub cannot be reached from this machine"
+        else:
+            reason = "%s: %s" % (type(e).__name__, first_line(e))
+        raise ConversionError("%s is not a directory here, and downloading it from the HuggingFace hub failed (%s); "
+                              "download it where the hub is reachable (huggingface-cli download %s --local-dir DIR) "
+                              "and give that directory" % (repo_id, reason, repo_id)) from None
 
 
 def model_fields_from_hf(hf):
@@ -644,7 +774,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m convert.huggingface", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="our checkpoint -> HuggingFace config.json + model.safetensors")
+    export = commands.add_parser("export", help="our checkpoint -> HuggingFace directory (model, generation "
+                                                "config, tokenizer)")
     export.add_argument("--model", required=True,
                         help="the checkpoint's model config: a path ending in .json or the name of one in configs/ "
                              "(its mesh_shape and layout are not used: any machine converts a pod's checkpoint)")
@@ -656,9 +787,12 @@ def parse_args(argv=None):
                         help="keep the first N rows of wte (default n_vocab), e.g. 50257 for a vocab padded to 50304")
     export.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config keys replaced as in main.py (the checkpoint's model keys, e.g. n_layer=2)")
-    imp = commands.add_parser("import", help="HuggingFace GPT-Neo directory -> our checkpoint + config_from_hf.json")
+    imp = commands.add_parser("import", help="HuggingFace GPT-Neo directory or hub id -> our checkpoint + "
+                                             "config_from_hf.json")
     imp.add_argument("--hf_dir", required=True,
-                     help="directory with config.json and model.safetensors or pytorch_model.bin (local or gs://)")
+                     help="directory with config.json and model.safetensors or pytorch_model.bin (local or gs://), "
+                          "or a HuggingFace hub id (e.g. EleutherAI/gpt-neo-125M) where no such directory exists, "
+                          "downloaded when the hub is reachable")
     imp.add_argument("--output_dir", required=True, help="new directory for model.ckpt-0 and config_from_hf.json")
     imp.add_argument("--dtype", choices=sorted(MASTER_DTYPES), default="float32",
                      help="master dtype of the checkpoint (the config's `precision`)")
@@ -679,12 +813,16 @@ def main(argv=None):
     try:
         if args.command == "export":
             config = load_model_config(args.model, args.overrides)
-            prefix = export_hf(args.checkpoint or config.model_path, config, args.output_dir, args.vocab_size)
-            print("exported %s to %s (config.json, model.safetensors)" % (prefix, args.output_dir))
+            prefix, names = export_hf(args.checkpoint or config.model_path, config, args.output_dir, args.vocab_size)
+            print("exported %s to %s (%s)" % (prefix, args.output_dir, ", ".join(names)))
+            if "tokenizer.json" not in names:
+                print("note: no tokenizer files in %s: the config has no dataset, or its dataset config no "
+                      "tokenizer_path; give transformers a tokenizer yourself (tokenizer=...)" % args.output_dir)
         else:
-            prefix = import_hf(args.hf_dir, args.output_dir, args.dtype)
-            print("imported %s to %s (%s masters); complete %s before training"
-                  % (args.hf_dir, prefix, args.dtype, os.path.join(args.output_dir, "config_from_hf.json")))
+            prefix, names = import_hf(args.hf_dir, args.output_dir, args.dtype)
+            print("imported %s to %s (%s masters; %s); complete %s before training"
+                  % (args.hf_dir, prefix, args.dtype, ", ".join(names),
+                     os.path.join(args.output_dir, "config_from_hf.json")))
     except UserError as e:
         print("error: %s" % first_line(e), file=sys.stderr)
         return 2

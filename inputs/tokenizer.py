@@ -41,6 +41,25 @@ def _bpe_from_vocab_and_merges(directory):
     return tokenizer
 
 
+def tokenizer_source(path):
+    """Where the tokenizer at `path` (a JSON file, a directory or "gpt2") is read from: ("json", file)
+    or ("bpe", directory holding GPT-2 style vocab.json + merges.txt)."""
+    if not path:
+        raise TokenizerError("the dataset config has no `tokenizer_path`")
+    directory = BUNDLED_GPT2 if path == "gpt2" else path
+    if tf.io.gfile.isdir(directory):
+        if tf.io.gfile.exists(os.path.join(directory, "tokenizer.json")):
+            return "json", os.path.join(directory, "tokenizer.json")
+        if tf.io.gfile.exists(os.path.join(directory, "vocab.json")):
+            return "bpe", directory
+        raise TokenizerError("tokenizer directory %s holds neither tokenizer.json nor vocab.json + merges.txt"
+                             % directory)
+    if tf.io.gfile.exists(path):
+        return "json", path
+    raise TokenizerError("tokenizer_path %s does not exist (give a tokenizers JSON file, a directory with "
+                         "vocab.json + merges.txt, or \"gpt2\")" % path)
+
+
 def load_tokenizer(path, pretrained=False):
     """A `tokenizers.Tokenizer` from a JSON file, a directory or "gpt2".
 
@@ -48,23 +67,12 @@ def load_tokenizer(path, pretrained=False):
     `pretrained` (the dataset config's `tokenizer_is_pretrained`), `<|padding|>` is added as the
     original does for GPT-2.
     """
-    if not path:
-        raise TokenizerError("the dataset config has no `tokenizer_path`")
-    directory = BUNDLED_GPT2 if path == "gpt2" else path
     try:
-        if tf.io.gfile.isdir(directory):
-            if tf.io.gfile.exists(os.path.join(directory, "tokenizer.json")):
-                tokenizer = Tokenizer.from_str(_read(os.path.join(directory, "tokenizer.json")).decode())
-            elif tf.io.gfile.exists(os.path.join(directory, "vocab.json")):
-                tokenizer = _bpe_from_vocab_and_merges(directory)
-            else:
-                raise TokenizerError("tokenizer directory %s holds neither tokenizer.json nor vocab.json + "
-                                     "merges.txt" % directory)
-        elif tf.io.gfile.exists(path):
-            tokenizer = Tokenizer.from_str(_read(path).decode())
+        kind, source = tokenizer_source(path)
+        if kind == "bpe":
+            tokenizer = _bpe_from_vocab_and_merges(source)
         else:
-            raise TokenizerError("tokenizer_path %s does not exist (give a tokenizers JSON file, a directory "
-                                 "with vocab.json + merges.txt, or \"gpt2\")" % path)
+            tokenizer = Tokenizer.from_str(_read(source).decode())
     except TokenizerError:
         raise
     except Exception as e:  # tokenizers reports malformed files as plain Exceptions
@@ -72,6 +80,15 @@ def load_tokenizer(path, pretrained=False):
     if pretrained:
         tokenizer.add_special_tokens([PADDING])
     return tokenizer
+
+
+def gpt2_bpe_files(path):
+    """{name: bytes} of the vocab.json and merges.txt the tokenizer at `path` is built from (those
+    GPT-2's slow tokenizer reads), or {} for a tokenizer read from a JSON file."""
+    kind, source = tokenizer_source(path)
+    if kind != "bpe":
+        return {}
+    return {name: _read(os.path.join(source, name)) for name in ("vocab.json", "merges.txt")}
 
 
 def tokenizer_for(data_config):

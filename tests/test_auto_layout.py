@@ -3,6 +3,7 @@ mesh-tf's own lowering counts, simple cases get the layouts one would choose by 
 configs get layouts that pass validation and preflight, printed deterministically with status 0."""
 import collections
 import os
+import re
 import subprocess
 import sys
 
@@ -11,30 +12,39 @@ from conftest import REPO, make, run_main
 from meshtf import mtf, tf
 from trainer import auto_layout
 from trainer.config import load_config, parse_layout, parse_mesh_shape
-from trainer.memory import USABLE, DeviceMemory, training_step
+from trainer.memory import USABLE, DeviceMemory, estimate, lifetimes
 from trainer.preflight import preflight
+from trainer.step import symbolic
 
 MEGATRON = "heads:x,vocab:x,intermediate_expanded:x"
 
 
-def small(mesh_shape="x:2", **overrides):
+def small(mesh_shape="x:2", layout="", **overrides):
     """A 2-layer global/local model, its layout left to the search."""
     sizes = dict(n_embd=256, n_head=8, n_layer=2, n_ctx=256, n_vocab=1024, local_attention_radius=64,
                  attention_types=[[["global", "local"], 1]], train_batch_size=16)
-    return make(mesh_shape=mesh_shape, layout="", **dict(sizes, **overrides))
+    return make(mesh_shape=mesh_shape, layout=layout, **dict(sizes, **overrides))
+
+
+def runs(microbatches):
+    """How often the TF ops being created run in a step: once per microbatch inside the microbatch
+    loop (a tf.while_loop), else once."""
+    return microbatches if tf.get_default_graph()._get_control_flow_context() else 1
 
 
 class CountingMesh(mtf.placement_mesh_impl.PlacementMeshImpl):
     """The CPU placement mesh, adding up the laid-out elements of the collectives it is asked for
-    (as mesh-tf's counters do: all-reduce and all-concat results, all-to-all inputs)."""
+    (as mesh-tf's counters do: all-reduce and all-concat results, all-to-all inputs), each as often as
+    it runs."""
 
-    def __init__(self, mesh_shape, layout, devices):
+    def __init__(self, mesh_shape, layout, devices, microbatches):
         super().__init__(mtf.convert_to_shape(mesh_shape), mtf.convert_to_layout_rules(layout),
                          ["/cpu:%d" % i for i in range(devices)])
         self.sent = collections.Counter()
+        self.microbatches = microbatches
 
     def _count(self, kind, laid_out_tensor):
-        elements = self.size
+        elements = self.size * runs(self.microbatches)
         for n in laid_out_tensor.slice_shape:
             elements *= n
         self.sent[kind] += elements
@@ -58,21 +68,35 @@ class CountingMesh(mtf.placement_mesh_impl.PlacementMeshImpl):
         return super().receive(x, mesh_axis, source_pcoord)
 
 
+class CountingLowering(mtf.Lowering):
+    """mesh-tf's lowering, counting each counter (einsum work, ...) as often as it runs."""
+
+    def __init__(self, graph, mesh_impls, microbatches):
+        self.microbatches = microbatches
+        super().__init__(graph, mesh_impls, autostack=False)
+
+    def add_counter(self, key, value):
+        super().add_counter(key, value * runs(self.microbatches))
+
+
 def test_costs_count_the_collectives_of_a_real_lowering():
     """Einsum work (mesh-tf's own counter) and every collective the lowering of the training step
     over 4 CPU devices issues: all-reduces (also those mesh-tf delays past additions of partial sums,
-    and the embedding lookups') and all-concats."""
-    for mesh_shape, layout, collectives in (
-            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", {"allreduce"}),
-            ("x:2,y:2", "batch:x,embd:y,memory_length:y", {"allreduce", "allconcat"})):
-        config = make(mesh_shape, layout, n_ctx=16, local_attention_radius=4, train_batch_size=4)
-        mesh = CountingMesh(mesh_shape, layout, 4)
-        with tf.Graph().as_default():
-            graph, outputs = auto_layout.training_graph(config)
-            ours = auto_layout.StepOperations(graph, outputs).costs(parse_mesh_shape(mesh_shape),
-                                                                    parse_layout(layout)).counters
-            lowering = mtf.Lowering(graph, {outputs[0].mesh: mesh}, autostack=False)
-            for tensor in outputs:  # what the optimizer and the loss's export read
+    and the embedding lookups') and all-concats; with 2 microbatches those in the loop twice, except the
+    gradients' all-reduce, which mesh-tf delays until after the loop."""
+    for mesh_shape, layout, tokens_per_mb, collectives in (
+            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", None, {"allreduce"}),
+            ("x:2,y:2", "batch:x,embd:y,memory_length:y", None, {"allreduce", "allconcat"}),
+            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", 16, {"allreduce"})):
+        config = make(mesh_shape, layout, n_ctx=16, local_attention_radius=4, train_batch_size=4,
+                      tokens_per_mb_per_replica=tokens_per_mb)
+        step = symbolic(config)
+        ours = auto_layout.StepOperations(step).costs(parse_mesh_shape(mesh_shape), parse_layout(layout)).counters
+        mesh = CountingMesh(mesh_shape, layout, 4, step.microbatches)
+        del step.graph.operations[step.passes:]  # the optimizer's update, which the costs leave out
+        with step.tf_graph.as_default():
+            lowering = CountingLowering(step.graph, {step.loss.mesh: mesh}, step.microbatches)
+            for tensor in (step.loss,) + step.grads:  # what the optimizer and the loss's export read
                 lowering.tensors[tensor].to_laid_out_tensor()
         assert set(mesh.sent) == collectives
         expected = {kind: mesh.sent[kind] for kind in ("allreduce", "allconcat", "alltoall")}
@@ -110,7 +134,7 @@ def test_device_memory_rules_out_layouts_that_do_not_fit():
     memory for the Megatron layout's half of them only, that one is chosen; with less memory still,
     the layout needing the least."""
     config = small(n_embd=512, n_vocab=8192, train_batch_size=16)
-    step = training_step(config)
+    step = lifetimes(symbolic(config))
     data_parallel, megatron = (DeviceMemory(step, "x:2", layout).at().total for layout in ("batch:x", MEGATRON))
     assert megatron < data_parallel
     assert auto_layout.search(config).layout_string == "batch:x"
@@ -119,6 +143,23 @@ def test_device_memory_rules_out_layouts_that_do_not_fit():
     too_small = auto_layout.search(config, device_memory=megatron / 2)
     assert (too_small.layout_string, too_small.fits) == (MEGATRON, False)
     assert "no candidate fits" in auto_layout.describe(config, too_small, False, megatron / 2)[-1]
+
+
+def test_each_candidate_runs_its_own_microbatches():
+    """tokens_per_mb_per_replica fixes a microbatch's tokens per replica, so how many microbatches a step runs
+    depends on the batch's split: each candidate is measured and priced with its own, and the choice's memory
+    is the estimate of the config it makes. With memory for data parallelism's microbatches, no layout fits
+    whole batches."""
+    whole = small("x:4", train_batch_size=8)
+    microbatched = small("x:4", train_batch_size=8, tokens_per_mb_per_replica=256)
+    data_parallel = estimate(small("x:4", "batch:x", train_batch_size=8, tokens_per_mb_per_replica=256)).at().total
+    assert estimate(small("x:4", "batch:x", train_batch_size=8)).at().total > data_parallel
+    for config in (whole, microbatched):
+        choice = auto_layout.search(config, with_mesh_shape=True, device_memory=data_parallel / USABLE)
+        chosen = small(choice.mesh_shape_string, choice.layout_string, train_batch_size=8,
+                       tokens_per_mb_per_replica=config.train.tokens_per_mb_per_replica)
+        assert choice.memory == estimate(chosen).at().total
+        assert choice.fits == (choice.layout_string == "batch:x") == (config is microbatched)
 
 
 def printed(out):
@@ -161,6 +202,7 @@ def test_cpu_mesh8_and_the_same_output_under_any_hash_seed(capsys):
                                 cwd=REPO, env=dict(os.environ, PYTHONHASHSEED=seed), capture_output=True, text=True)
         assert (result.returncode, result.stderr) == (0, "")
         assert_usable("cpu_mesh8", printed(result.stdout), 8)
-        # Log lines start with the time of day.
-        outputs.append([line.split(" ", 1)[1] if line[:2].isdigit() else line for line in result.stdout.splitlines()])
+        # Log lines start with the time (and date).
+        outputs.append([re.sub(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d ", "", line)
+                        for line in result.stdout.splitlines()])
     assert outputs[0] == outputs[1]

@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO, TINY, run_main, write_dataset_config
@@ -18,6 +20,7 @@ from test_inputs import write_records
 import main as main_py
 from convert import huggingface
 from tfrecords_tools import check_dataset, create_tfrecords
+from trainer import loss_plot
 
 Row = collections.namedtuple("Row", "id input example message run")
 Row.__doc__ = """id: test id; input: what is wrong; example: how to produce it (README); message: the error
@@ -112,6 +115,16 @@ def rerun_create_tfrecords_with_another_chunk_size(env):
     return env.tool(create_tfrecords.main, *argv, "--chunk_size", "32")
 
 
+def import_hub_id_offline(env):
+    """In a new Python with HF_HUB_OFFLINE=1 (huggingface_hub reads it when imported), so that no test run
+    downloads the model, whether the machine has a network or not."""
+    done = subprocess.run([sys.executable, "-m", "convert.huggingface", "import", "--hf_dir", "EleutherAI/gpt-neo-125M",
+                           "--output_dir", env.path("neo")], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="2"))
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+
 def train_into_missing_bucket(env):
     env.request.getfixturevalue("gcs_bucket")  # the GCS emulator (the test skips without it)
     return env.main("--model", env.config(model_path="gs://nosuchbucket/model"))
@@ -177,6 +190,11 @@ ROWS = [
         "`train_batch_size` (4) is not divisible by mesh dimension 'x' (8) that `layout` splits batch over; make it "
         "a multiple of 8 or change `layout`",
         lambda env: env.main("--model", env.config(mesh_shape="x:8"))),
+    Row("step-larger-than-device", "training step larger than a device's memory", "`--device_memory 0.001`",
+        "training needs an estimated ... per device, more than 90% of the 1.02 MiB of --device_memory 0.001 (the "
+        "biggest tensors: ...); neither recompute_grad, tokens_per_mb_per_replica nor another layout on this mesh "
+        "fits: use more devices or devices with more memory, or a smaller model",
+        lambda env: env.main("--model", env.config(), "--device_memory", "0.001")),
     # Dataset configs
     Row("missing-dataset-config", "unknown dataset", "`\"datasets\": [\"nosuch\"]`",
         "dataset 'nosuch' has no config: looked for nosuch.json in <dir>/dataset_configs, ...",
@@ -317,6 +335,22 @@ ROWS = [
         "its output to wte; this model has neither)",
         lambda env: env.tool(huggingface.main, "export", "--model", env.config(no_weight_tie=True),
                              "--output_dir", env.path("hf"))),
+    Row("hf-export-eos-cut", "HuggingFace export cutting off `eos_id`'s row",
+        "`python -m convert.huggingface export --vocab_size 50000 ...`, `eos_id` 50256",
+        "eos_id 50256 has no row in the exported wte of 50000 rows; export at least 50257 rows (--vocab_size)",
+        lambda env: env.tool(huggingface.main, "export", "--model", env.trained(), "--vocab_size", "50000",
+                             "--output_dir", env.path("hf"))),
+    Row("hf-import-hub-offline", "HuggingFace import of a hub id without the hub",
+        "`python -m convert.huggingface import --hf_dir EleutherAI/gpt-neo-125M ...` offline",
+        "EleutherAI/gpt-neo-125M is not a directory here, and downloading it from the HuggingFace hub failed (...); "
+        "download it where the hub is reachable (huggingface-cli download EleutherAI/gpt-neo-125M --local-dir DIR) "
+        "and give that directory",
+        import_hub_id_offline),
+    # Other tools
+    Row("loss-plot-without-a-run", "loss plot of a directory without a run",
+        "`python -m trainer.loss_plot --model_path <dir>/empty --output loss.png`",
+        "no training loss in <dir>/empty: train first (its TensorBoard events hold the loss)",
+        lambda env: env.tool(loss_plot.main, "--model_path", env.directory("empty"), "--output", env.path("l.png"))),
 ]
 
 
@@ -348,7 +382,7 @@ def test_bad_input_is_one_error_line(row, request, tmp_path, make_config, capsys
     assert re.fullmatch(message_pattern(row.message, str(tmp_path)), message), message
 
 
-def readme_table():
+def docs_table():
     lines = ["| input | example | message |", "|---|---|---|"]
     for row in ROWS:
         lines.append("| %s | %s | `` error: %s `` |" % (row.input, row.example, row.message.replace("|", "\\|")))
@@ -359,9 +393,9 @@ def test_docs_table_is_current():
     assert len(ROWS) >= 25 and len({row.id for row in ROWS}) == len(ROWS)
     with open(os.path.join(REPO, "docs", "troubleshooting.md")) as f:
         page = f.read()
-    assert readme_table() in page, ("docs/troubleshooting.md's bad-input table is stale: "
+    assert docs_table() in page, ("docs/troubleshooting.md's bad-input table is stale: "
                                     "python tests/test_bad_inputs.py prints it")
 
 
 if __name__ == "__main__":
-    print(readme_table(), end="")
+    print(docs_table(), end="")

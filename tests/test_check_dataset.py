@@ -29,7 +29,7 @@ def copy(converted, tmp_path):
 
 
 def run(argv, capsys):
-    code = check_dataset.main(argv)
+    code = check_dataset.main(argv + ["--quiet"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -41,6 +41,17 @@ def test_clean_conversion_passes_with_totals_and_a_decoded_sample(copy, capsys):
     manifest = json.load(open(os.path.join(copy, "val.manifest.json")))
     assert "total: %d files, %d records, %d tokens" % (
         len(manifest["files"]), manifest["records"], manifest["tokens"]) in out
+
+
+def test_two_processes_report_what_one_does_with_a_progress_bar_of_the_bytes(copy, capsys):
+    argv = [copy + "/*.tfrecords", "--n_vocab", "50257", "--n_ctx", "32"]
+    one = run(argv, capsys)
+    code = check_dataset.main(argv + ["--processes", "2"])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == one[:2] and one[0] == 0
+    total = sum(os.path.getsize(os.path.join(copy, name)) for name in os.listdir(copy) if name.endswith(".tfrecords"))
+    bar = captured.err.replace("\r", "\n").splitlines()[-1]
+    assert bar.startswith("100%") and "{0:.1f}k/{0:.1f}k".format(total / 1024) in bar, captured.err
 
 
 def test_truncated_file_is_named_with_the_offset(copy, capsys):

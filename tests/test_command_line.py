@@ -2,6 +2,7 @@
 original's flags --sacred_id, --new and --entmax_sampling, and decoding ids the tokenizer lacks."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -28,6 +29,23 @@ def test_overrides_are_typed_and_recorded_with_the_run(make_config, capsys):
     assert 'config tiny with n_layer=1 attention_types=[[["global"], 1]] lr=0.01' in out
 
 
+def test_a_run_predicts_and_evaluates_from_its_model_path_alone(make_config, tmp_path, capsys):
+    """Training records its config (with the overrides) and dataset configs in model_path; --predict and
+    --eval then need only --model_path, wherever the run's config and dataset configs were."""
+    config = make_config(train_steps=1, iterations=1, eval_steps=1)
+    model_path = json.load(open(config))["model_path"]
+    assert run_main("--model", config, *ONE_LAYER) == 0
+    shutil.rmtree(os.path.dirname(config) + "/dataset_configs")
+    os.remove(config)
+    assert sorted(os.listdir(os.path.join(model_path, "dataset_configs"))) == ["sample.json"]
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Once upon a time")
+    assert run_main("--model_path", model_path, "--predict", "--prompt", str(prompt), "--max_new_tokens", "2") == 0
+    assert run_main("--model_path", model_path, "--eval") == 0
+    out = capsys.readouterr().out
+    assert "SAMPLE 0" in out and "eval at step 1" in out
+
+
 def test_sacred_id_names_samples_and_evaluation_results(make_config, tmp_path, capsys):
     config = make_config(train_steps=1, iterations=5, eval_steps=1)
     model_path = json.load(open(config))["model_path"]
@@ -40,7 +58,7 @@ def test_sacred_id_names_samples_and_evaluation_results(make_config, tmp_path, c
     assert run_main("--model", config, *ONE_LAYER, "--predict", "--prompt", str(prompt), "--max_new_tokens", "2",
                     "--sacred_id", "run7") == 0
     assert os.path.exists(os.path.join(model_path, "predictions_run7_1.txt"))
-    assert "step 1 | loss" in capsys.readouterr().out  # train_steps 1 < iterations 5: still a loss line
+    assert "step 1/1 | loss" in capsys.readouterr().out  # train_steps 1 < iterations 5: still a loss line
 
 
 def test_new_deletes_model_path_once_confirmed(make_config):
@@ -54,7 +72,7 @@ def test_new_deletes_model_path_once_confirmed(make_config):
     assert done.returncode == 0, done.stderr
     assert "--new: delete %s and everything in it" % model_path in done.stdout
     assert not os.path.exists(stale) and latest_step(model_path) == 2
-    assert "step 2 | loss" in done.stdout  # trained from scratch: the loss line covers steps 1 and 2
+    assert "step 2/2 | loss" in done.stdout  # trained from scratch: the loss line covers steps 1 and 2
 
 
 def entmax_probabilities(z, alpha=ALPHA):

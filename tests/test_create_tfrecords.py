@@ -556,6 +556,15 @@ def test_help_exits_zero(capsys):
     assert "exits with status 130" in text
 
 
+def test_progress_bar_counts_input_bytes_to_their_total(tmp_path, capsys):
+    source = os.path.join(SAMPLE, "val.jsonl.zst")
+    assert main(["--input_dir", source, "--output_dir", str(tmp_path / "out"), "--chunk_size", "32"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    final = [line for line in bar if line.startswith("100%")][-1]
+    total = os.path.getsize(source) / 1024
+    assert "{0:.1f}k/{0:.1f}k".format(total) in final and "7 docs" in final, bar
+
+
 def test_unwritable_output_dir(tmp_path, capsys):
     path = write_docs(tmp_path / "d.jsonl", ["some text " * 20])
     (tmp_path / "a_file").write_text("a regular file")

@@ -125,7 +125,7 @@ def test_bad_peak_tflops_flag(value, error, capsys):
     assert error in capsys.readouterr().err
 
 
-LOG_LINE = re.compile(r"step (\d+) \| loss .* \| (\d+) tokens/s \| (\S+) TFLOP/s \| MFU (\S+)% \| HFU (\S+)%$")
+LOG_LINE = re.compile(r"step (\d+)/\d+ \| loss .* \| (\d+) tokens/s \| (\S+) TFLOP/s \| MFU (\S+)% \| HFU (\S+)% \| ETA ")
 
 
 def test_training_reports_mfu_in_the_log_and_tensorboard(make_config, capsys):
@@ -156,6 +156,6 @@ def test_without_a_peak_on_cpu_mfu_is_not_reported(make_config, capsys):
     out = capsys.readouterr().out
     assert out.count("MFU not reported: no peak FLOP/s known for cpu (pass --peak_tflops)") == 1
     [line] = [line for line in out.splitlines() if "tokens/s" in line]
-    assert re.search(r"step 2 \| .* \| \d+ tokens/s \| \S+ TFLOP/s$", line)
+    assert re.search(r"step 2/\d+ \| .* \| \d+ tokens/s \| \S+ TFLOP/s \| ETA ", line)
     model_path = json.load(open(path))["model_path"]
     assert sorted(scalars(model_path, "tokens_per_sec")) == [2] and scalars(model_path, "mfu") == {}

@@ -2,26 +2,37 @@
 
 torch and transformers appear only here, as the independent reader/writer of the other side; the
 converter itself must run without them (checked by running the CLI with torch made unimportable).
+The export's tokenizer and generation config are read by transformers' AutoTokenizer and
+pipeline("text-generation"), and the export is scored by lm-evaluation-harness, offline.
 """
+import glob
 import json
 import os
 import pickle
 import stat
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, checkpoint_logits, run_main
+from conftest import REPO, SAMPLE, TINY, checkpoint_logits, run_main
+from gcs_emulator import small_receive_buffers
 from safetensors.numpy import load_file
-from transformers import GPTNeoConfig, GPTNeoForCausalLM
+from transformers import AutoTokenizer, GenerationConfig, GPTNeoConfig, GPTNeoForCausalLM, pipeline
 
 from convert import huggingface as hf
+from inputs.tokenizer import load_tokenizer, tokenizer_for
 from meshtf import tf
+from tfrecords_tools import train_tokenizer
+from tfrecords_tools.create_tfrecords import create_tfrecords
 from trainer.config import ConfigError, load_config
 
+# What export writes for a config whose dataset reads the GPT-2 tokenizer.
+GPT2_EXPORT = ["config.json", "generation_config.json", "merges.txt", "model.safetensors", "special_tokens_map.json",
+               "tokenizer.json", "tokenizer_config.json", "vocab.json"]
 TINY_HF = dict(n_vocab=50257, n_ctx=64, local_attention_radius=16, attention_types=[[["global", "local"], 1]],
                n_embd=32, n_head=4, n_layer=2)
 
@@ -81,8 +92,8 @@ def test_export_matches_ours_in_transformers_and_imports_back_bit_for_bit(make_c
     checkpoint = tf.train.latest_checkpoint(config.model_path)
 
     exported = str(tmp_path / "hf")
-    assert hf.export_hf(config.model_path, config, exported) == checkpoint
-    assert sorted(os.listdir(exported)) == ["config.json", "model.safetensors"]
+    assert hf.export_hf(config.model_path, config, exported) == (checkpoint, sorted(os.listdir(exported)))
+    assert sorted(os.listdir(exported)) == GPT2_EXPORT
     model = hf_load(exported)
     # The key set and metadata transformers' own save_pretrained writes for this model.
     model.save_pretrained(str(tmp_path / "resaved"))
@@ -107,8 +118,11 @@ def test_export_matches_ours_in_transformers_and_imports_back_bit_for_bit(make_c
     original = checkpoint_variables(checkpoint)
     for dtype in ("float32", "bfloat16"):
         out = str(tmp_path / ("imported_" + dtype))
-        prefix = hf.import_hf(exported, out, dtype)
+        prefix, names = hf.import_hf(exported, out, dtype)
         assert prefix == os.path.join(out, "model.ckpt-0") and tf.train.latest_checkpoint(out) == prefix
+        assert names == ["config_from_hf.json", "merges.txt", "tokenizer.json", "vocab.json"]
+        for name in names[1:]:  # the tokenizer, copied as it was exported
+            assert open(os.path.join(out, name), "rb").read() == open(os.path.join(exported, name), "rb").read()
         imported = checkpoint_variables(prefix)
         assert {n: v[:2] for n, v in imported.items()} == spec_table(dtype=dtype)
         assert imported.pop("global_step")[2] == 0
@@ -169,7 +183,7 @@ def test_import_of_pytorch_bin_equals_import_of_safetensors(tmp_path):
             state["transformer.h.%d.attn.attention.masked_bias" % i] = torch.tensor(-1e9)
         torch.save(state, str(bin_dir / "pytorch_model.bin"))
         for source in (safetensors_dir, bin_dir):
-            prefix = hf.import_hf(str(source), str(tmp_path / ("ckpt_" + source.name)), dtype)
+            prefix, _ = hf.import_hf(str(source), str(tmp_path / ("ckpt_" + source.name)), dtype)
             imports[source.name] = checkpoint_variables(prefix)
         assert imports["st_" + dtype].keys() == imports["bin_" + dtype].keys()
         for name, (kind, shape, value) in imports["st_" + dtype].items():
@@ -253,6 +267,14 @@ def test_cli_errors(make_config, tmp_path, capsys):
     good = random_checkpoint(str(tmp_path / "good" / "model.ckpt"))
     assert "vocab_size 60000 is out of range" in cli_error(
         capsys, "export", "--model", config_path, "--checkpoint", good, "--output_dir", "x", "--vocab_size", "60000")
+    assert "eos_id 50256 has no row in the exported wte of 50000 rows; export at least 50257 rows" in cli_error(
+        capsys, "export", "--model", config_path, "--checkpoint", good, "--output_dir", "x", "--vocab_size", "50000")
+    padded = random_checkpoint(str(tmp_path / "padded" / "model.ckpt"), n_vocab=50304)
+    dataset_config = tmp_path / "dataset_configs" / "sample.json"
+    dataset_config.write_text(json.dumps(dict(json.loads(dataset_config.read_text()), padding_id=50300)))
+    assert "eos_id 50256 or padding_id 50300 is not a token of tokenizer gpt2" in cli_error(
+        capsys, "export", "--model", config_path, "--checkpoint", padded, "--output_dir", "x", "n_vocab=50304")
+    dataset_config.write_text(json.dumps(dict(json.loads(dataset_config.read_text()), padding_id=50256)))
     assert not os.path.exists("x")
 
     exported = tmp_path / "hf"
@@ -359,7 +381,7 @@ def test_export_and_import_in_a_gcs_bucket(make_config, tmp_path, gcs_bucket):
     checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
     exported = gcs_bucket + "/convert/hf"
     hf.export_hf(checkpoint, config, exported)
-    assert sorted(tf.io.gfile.listdir(exported)) == ["config.json", "model.safetensors"]
+    assert sorted(tf.io.gfile.listdir(exported)) == GPT2_EXPORT
     local = tmp_path / "hf"
     local.mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -373,11 +395,282 @@ def test_export_and_import_in_a_gcs_bucket(make_config, tmp_path, gcs_bucket):
 
     model = {n: v for n, v in checkpoint_variables(checkpoint).items() if "adam" not in n and n != "global_step"}
     for source, target in ((exported, "/convert/imported"), (bin_dir, "/convert/imported_bin")):
-        prefix = hf.import_hf(source, gcs_bucket + target, "bfloat16")
+        prefix, names = hf.import_hf(source, gcs_bucket + target, "bfloat16")
         assert prefix == gcs_bucket + target + "/model.ckpt-0" == tf.train.latest_checkpoint(gcs_bucket + target)
+        assert names == (["config_from_hf.json", "merges.txt", "tokenizer.json", "vocab.json"] if source == exported
+                         else ["config_from_hf.json"])
         back = checkpoint_variables(prefix)
         assert back.pop("global_step")[2] == 0 and back.keys() == model.keys()
         for name, (_, _, value) in back.items():
             assert value.tobytes() == model[name][2].astype(hf.BFLOAT16).tobytes(), name
         written = json.loads(tf.io.gfile.GFile(gcs_bucket + target + "/config_from_hf.json").read())
         assert written["model_path"] == gcs_bucket + target
+
+
+# ---------------------------------------------------------------------------------------------
+# The export in HuggingFace's own tools, offline: AutoTokenizer, pipeline("text-generation"),
+# lm-evaluation-harness; import of a hub id
+
+
+# Read by huggingface_hub, transformers and datasets when they are imported: only a new process honours them.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ENCODED = ["Hello world", " a leading space, <|endoftext|> inside", "ünïcödé 日本語\n\n\ttabs  and   spaces",
+           "<|endoftext|>", "def main():\n    return 0\n"]
+PROMPT = "def main():\n    print("
+
+
+def offline_env(tmp_path):
+    """A process environment without the hub, with a HuggingFace cache of its own."""
+    return dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), **OFFLINE)
+
+
+def offline_call(tmp_path, function, *args):
+    """`function(*args)` (a function of this module, JSON in and out) run in a new Python offline."""
+    code = ("import json, sys; sys.path[:0] = [%r, %r]; import test_huggingface_convert as t; "
+            "print(json.dumps(t.%s(*json.loads(sys.argv[1]))))" % (TESTS, REPO, function.__name__))
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=str(tmp_path), env=offline_env(tmp_path),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def transformers_view(directory, prompt, generate, strings, slow):
+    """What transformers makes of an export directory: pipeline("text-generation")'s continuation of
+    `prompt` (ids and text) with `generate` arguments, the warnings of its generation config, and the
+    ids, decoded texts and special-token ids of `strings` by AutoTokenizer (and with `slow` its slow form)."""
+    generator = pipeline("text-generation", model=directory, tokenizer=directory)
+    view = {"ids": generator(prompt, return_tensors=True, **generate)[0]["generated_token_ids"],
+            "text": generator(prompt, return_full_text=False, **generate)[0]["generated_text"]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GenerationConfig.from_pretrained(directory).validate()
+    view["generation_warnings"] = [str(w.message) for w in caught]
+    for fast in (True, False) if slow else (True,):
+        tokenizer = AutoTokenizer.from_pretrained(directory, use_fast=fast)
+        encoded = [tokenizer(s)["input_ids"] for s in strings]
+        view["fast" if fast else "slow"] = {
+            "class": type(tokenizer).__name__, "ids": encoded,
+            "decoded": [tokenizer.decode(ids, skip_special_tokens=True) for ids in encoded],
+            "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]}
+    return view
+
+
+def train_tiny(root, records, dataset, **model):
+    """TINY_HF (changed by `model`) trained 3 steps on records/train (dataset config `dataset`); its config path."""
+    (root / "dataset_configs").mkdir()
+    (root / "dataset_configs" / "data.json").write_text(json.dumps(dict(dataset, path=records + "/train/*.tfrecords")))
+    raw = dict(TINY, **dict(TINY_HF, **model), train_steps=3, iterations=3, model_path=str(root / "model"),
+               datasets=[["data", None, None, None]])
+    (root / "model.json").write_text(json.dumps(raw))
+    assert run_main("--model", str(root / "model.json")) == 0
+    return str(root / "model.json")
+
+
+@pytest.fixture(scope="module")
+def gpt2_model(tmp_path_factory, sample_records):
+    """A tiny model on GPT-2 tokens whose config samples greedily, 12 new tokens."""
+    dataset = {"n_vocab": 50257, "tokenizer_path": "gpt2", "eos_id": 50256, "padding_id": 50256}
+    return train_tiny(tmp_path_factory.mktemp("gpt2_model"), sample_records(TINY_HF["n_ctx"]), dataset,
+                      temperature=0, predict_max_steps=12)
+
+
+@pytest.fixture(scope="module")
+def trained_tokenizer_model(tmp_path_factory):
+    """A tiny model on tokens of a tokenizer that train_tokenizer trained on the sample corpus; its config
+    samples at temperature 0.7 with top_k 5 and top_p 0.9, up to n_ctx."""
+    root = tmp_path_factory.mktemp("trained_tokenizer_model")
+    corpus = os.path.join(SAMPLE, "train.jsonl.zst")
+    assert train_tokenizer.main(["--input", corpus, "--output_dir", str(root / "tokenizer"),
+                                 "--vocab_size", "1000"]) == 0
+    path = train_tokenizer.tokenizer_path(str(root / "tokenizer"))
+    create_tfrecords(corpus, str(root / "records" / "train"), path, name="data", chunk_size=TINY_HF["n_ctx"],
+                     files_per=300)
+    dataset = train_tokenizer.dataset_config_entries(path, load_tokenizer(path).get_vocab_size())
+    return train_tiny(root, str(root / "records"), dataset, n_vocab=1000, temperature=0.7, top_k=5, top_p=0.9)
+
+
+@pytest.mark.parametrize("kind, predict_flags, generate, generation_config", [
+    # The config's own sampling keys on both sides: greedy, 12 tokens.
+    ("gpt2", [], {}, {"bos_token_id": 50256, "eos_token_id": 50256, "pad_token_id": 50256, "do_sample": False,
+                      "max_new_tokens": 12}),
+    ("trained_tokenizer", ["--temperature", "0", "--max_new_tokens", "12"], {"do_sample": False, "max_new_tokens": 12},
+     {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1, "do_sample": True, "temperature": 0.7, "top_k": 5,
+      "top_p": 0.9, "max_length": 64}),
+])
+def test_pipeline_and_autotokenizer_offline_equal_predict_and_our_tokenizer(kind, predict_flags, generate,
+                                                                          generation_config, request, tmp_path):
+    config_path = request.getfixturevalue(kind + "_model")
+    (tmp_path / "prompt.txt").write_text(PROMPT)
+    out = str(tmp_path / "ours")
+    assert run_main("--model", config_path, "--predict", "--prompt", str(tmp_path / "prompt.txt"), "--output", out,
+                    *predict_flags) == 0
+    [ours] = [json.loads(line) for line in open(out + ".jsonl")]
+    exported = tmp_path / "hf"
+    assert hf.main(["export", "--model", config_path, "--output_dir", str(exported)]) == 0
+    assert json.loads((exported / "generation_config.json").read_text()) == generation_config
+
+    theirs = offline_call(tmp_path, transformers_view, str(exported), PROMPT, generate, ENCODED, kind == "gpt2")
+    eos = generation_config["eos_token_id"]
+    prompt_length = len(ours["prompt_tokens"])
+    assert theirs["ids"][:prompt_length] == ours["prompt_tokens"]
+    continuation = theirs["ids"][prompt_length:]
+    continuation = continuation[:continuation.index(eos)] if eos in continuation else continuation
+    assert continuation == ours["tokens"] and len(continuation) > 0
+    assert theirs["text"] == ours["text"]
+    assert theirs["generation_warnings"] == []
+
+    tokenizer = tokenizer_for(load_config(config_path).data)
+    expected = [tokenizer.encode(s).ids for s in ENCODED]
+    assert expected[3] == [eos]  # <|endoftext|> is one special token
+    classes = {"fast": "GPT2TokenizerFast", "slow": "GPT2Tokenizer"} if kind == "gpt2" else \
+        {"fast": "PreTrainedTokenizerFast"}
+    for form, view in ((form, theirs[form]) for form in classes):
+        assert view["class"] == classes[form]
+        assert view["ids"] == expected
+        assert view["decoded"] == [tokenizer.decode(ids) for ids in expected]
+        assert view["special"] == [eos, eos, generation_config["pad_token_id"]]
+
+
+def test_pretrained_gpt2_gets_its_padding_token_where_the_model_has_a_row_for_it(make_config, tmp_path):
+    """tokenizer_is_pretrained (the Pile configs) adds `<|padding|>` = 50257: it is the pad of a 50304-row export;
+    a 50257-row export has no row for it, so eos pads."""
+    config_path = make_config("pile_like", **dict(TINY_HF, n_vocab=50304))
+    dataset_config = tmp_path / "dataset_configs" / "sample.json"
+    dataset_config.write_text(json.dumps(dict(json.loads(dataset_config.read_text()), tokenizer_is_pretrained=True,
+                                              padding_id=50257)))
+    config = load_config(config_path)
+    checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"), n_vocab=50304)
+    ours = load_tokenizer("gpt2", pretrained=True).encode("a<|padding|>b<|endoftext|>").ids
+    assert ours == [64, 50257, 65, 50256]
+    for vocab_size, pad in ((50304, 50257), (50257, 50256)):
+        exported = str(tmp_path / ("hf_%d" % vocab_size))
+        hf.export_hf(checkpoint, config, exported, vocab_size)
+        assert json.load(open(os.path.join(exported, "generation_config.json")))["pad_token_id"] == pad
+        for fast in (True, False):
+            tokenizer = AutoTokenizer.from_pretrained(exported, use_fast=fast)
+            assert tokenizer("a<|padding|>b<|endoftext|>")["input_ids"] == ours
+            assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (50256, pad)
+
+
+def test_export_without_a_dataset_writes_no_tokenizer_and_says_so(make_config, tmp_path, capsys):
+    config_path = make_config("no_data", **TINY_HF)
+    checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
+    exported = tmp_path / "hf"
+    assert hf.main(["export", "--model", config_path, "--checkpoint", checkpoint, "--output_dir", str(exported),
+                    "no_dataset=true", "datasets=[]"]) == 0
+    assert sorted(os.listdir(str(exported))) == ["config.json", "generation_config.json", "model.safetensors"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == ["note: no tokenizer files in %s: the config has no dataset, or its dataset config no "
+                       "tokenizer_path; give transformers a tokenizer yourself (tokenizer=...)" % exported]
+
+
+# A multiple-choice task of lm-evaluation-harness over a local JSONL file (lm-eval 0.4's task YAML).
+CHOICE_TASK = """task: tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: %s
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{answer}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+CHOICE_DOCS = [
+    {"question": "The capital of France is", "choices": ["Paris", "London", "a banana"], "answer": 0},
+    {"question": "def main():\n    ", "choices": ["return 0", "print(", "banana"], "answer": 1},
+    {"question": "import numpy as", "choices": ["np", "pd", "the"], "answer": 0},
+    {"question": "The meaning of life is", "choices": ["42", "not a number", "forty-two", "unknown"], "answer": 3},
+]
+
+
+def harness_requests(tokenizer, docs):
+    """[(tokens, continuation start)] of each (doc, choice), tokenized as the harness does for a causal model:
+    the continuation is " " + choice, the context's trailing whitespace moves into it, and the whole text is
+    encoded at once, the context's own token count marking where the continuation starts."""
+    requests = []
+    for doc in docs:
+        for choice in doc["choices"]:
+            context, continuation = doc["question"], " " + choice
+            spaces = len(context) - len(context.rstrip())
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            requests.append((tokenizer.encode(context + continuation).ids, len(tokenizer.encode(context).ids)))
+    return requests
+
+
+def test_lm_eval_harness_on_the_export_scores_as_our_model(gpt2_model, tmp_path):
+    """`lm_eval --model hf` (0.4.13) on the export, offline, with a local task: its per-choice log-likelihoods
+    equal our model's (the Mesh-TF checkpoint's logits) to 1e-3, its acc and acc_norm exactly."""
+    config = load_config(gpt2_model)
+    exported = str(tmp_path / "hf")
+    hf.export_hf(config.model_path, config, exported)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_choice.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in CHOICE_DOCS))
+    (tasks / "tiny_choice.yaml").write_text(CHOICE_TASK % (tasks / "tiny_choice.jsonl"))
+    lm_eval = os.path.join(os.path.dirname(sys.executable), "lm_eval")
+    done = subprocess.run([lm_eval, "--model", "hf", "--model_args", "pretrained=" + exported, "--tasks", "tiny_choice",
+                           "--include_path", str(tasks), "--device", "cpu", "--output_path", str(tmp_path / "results"),
+                           "--log_samples"], cwd=str(tmp_path), env=offline_env(tmp_path), capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [results] = [json.load(open(p)) for p in glob.glob(str(tmp_path / "results" / "*" / "results_*.json"))]
+    [samples] = glob.glob(str(tmp_path / "results" / "*" / "samples_tiny_choice_*.jsonl"))
+    samples = sorted((json.loads(line) for line in open(samples)), key=lambda sample: sample["doc_id"])
+    theirs = [[float(resp[0][0]) for resp in sample["resps"]] for sample in samples]
+
+    requests = harness_requests(load_tokenizer("gpt2"), CHOICE_DOCS)
+    ids = np.zeros((len(requests), config.model.n_ctx), np.int32)
+    for row, (tokens, _) in enumerate(requests):
+        ids[row, :len(tokens)] = tokens
+    logits = checkpoint_logits(config, tf.train.latest_checkpoint(config.model_path), ids).astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+    flat = [sum(log_probs[row, t - 1, tokens[t]] for t in range(start, len(tokens)))
+            for row, (tokens, start) in enumerate(requests)]
+    ours = [flat[sum(len(d["choices"]) for d in CHOICE_DOCS[:i]):][:len(doc["choices"])]
+            for i, doc in enumerate(CHOICE_DOCS)]
+    np.testing.assert_allclose(np.concatenate(theirs), np.concatenate(ours), atol=1e-3)
+
+    answers = [doc["answer"] for doc in CHOICE_DOCS]
+    acc = np.mean([np.argmax(lls) == answer for lls, answer in zip(ours, answers)])
+    acc_norm = np.mean([np.argmax(np.array(lls) / [len(c) for c in doc["choices"]]) == doc["answer"]
+                        for lls, doc in zip(ours, CHOICE_DOCS)])
+    scores = results["results"]["tiny_choice"]
+    assert (scores["acc,none"], scores["acc_norm,none"]) == (acc, acc_norm)
+    assert results["n-samples"]["tiny_choice"] == {"original": len(CHOICE_DOCS), "effective": len(CHOICE_DOCS)}
+
+
+def test_import_of_a_hub_id(make_config, tmp_path, capsys, monkeypatch):
+    """A path that exists is read as a directory even when it reads like a hub id; one that does not is
+    downloaded from the hub, which offline is one error line."""
+    config = load_config(make_config("hub", **TINY_HF))
+    checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
+    hf.export_hf(checkpoint, config, str(tmp_path / "EleutherAI" / "gpt-neo-tiny"))
+    monkeypatch.chdir(tmp_path)
+    assert hf.main(["import", "--hf_dir", "EleutherAI/gpt-neo-tiny", "--output_dir", "imported"]) == 0
+    assert "imported EleutherAI/gpt-neo-tiny to imported/model.ckpt-0" in capsys.readouterr().out
+    assert checkpoint_variables("imported/model.ckpt-0")["gpt2/wte"][2].tobytes() == \
+        checkpoint_variables(checkpoint)["gpt2/wte"][2].tobytes()
+
+    message = ("error: EleutherAI/gpt-neo-125M is not a directory here, and downloading it from the HuggingFace hub "
+               "failed (%s); download it where the hub is reachable (huggingface-cli download "
+               "EleutherAI/gpt-neo-125M --local-dir DIR) and give that directory")
+    done = subprocess.run([sys.executable, "-m", "convert.huggingface", "import", "--hf_dir", "EleutherAI/gpt-neo-125M",
+                           "--output_dir", str(tmp_path / "neo")], cwd=REPO, env=offline_env(tmp_path),
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if "error:" in line] == [message % "HF_HUB_OFFLINE is set"]
+    if small_receive_buffers():  # tests/isolated.sh's namespace: no network at all (else this could download)
+        err = cli_error(capsys, "import", "--hf_dir", "EleutherAI/gpt-neo-125M", "--output_dir", str(tmp_path / "neo"))
+        assert err == message % "the hub cannot be reached from this machine" + "\n"
+    assert not os.path.exists(str(tmp_path / "neo"))

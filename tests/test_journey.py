@@ -140,7 +140,7 @@ class Journey:
         # Configs that sample during training (`predict_steps`) sample this short prompt.
         out = self.main(*(["--prompt", self.prompt] if raw_config(self.name).get("predict_steps") else []))
         # A loss line although train_steps (2) < iterations (500 or more in the original's configs).
-        assert "step 2 | loss " in out, out
+        assert "step 2/2 | loss " in out, out
 
     def eval(self):
         self.main("--eval", "eval_steps=1")

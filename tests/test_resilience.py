@@ -1,5 +1,5 @@
 """Training survives interruptions and refuses bad state, through the real main.py: kill -9 at any
-point (also while a checkpoint is written) and SIGTERM/SIGINT (a checkpoint at the step, exit 0)
+point (also while a checkpoint is written) and SIGTERM/SIGINT (a checkpoint at the step, exit status 75)
 resume to the same losses; incomplete checkpoints are skipped for the previous complete one;
 checkpoints of another config are a one-line error; a diverged run stops without saving, and a full
 disk ends training with one line and the last complete checkpoint; loss spikes are skipped exactly,
@@ -22,7 +22,7 @@ from test_model import v3_8_context
 from meshtf import tf
 from trainer.checkpoints import CheckpointError, incomplete, latest_checkpoint, latest_step
 from trainer.config import ConfigError
-from trainer.guards import SignalStop
+from trainer.guards import EXIT_STOPPED, SignalStop
 from trainer.hardware import Hardware
 from trainer.model_fn import build_model_fn
 
@@ -55,7 +55,7 @@ class Training:
 
     def step(self):
         """The last step the training log has reached (0 before the first)."""
-        return max([int(s) for s in re.findall(r"^\S+ step (\d+) \|", self.output(), re.M)] or [0])
+        return max([int(s) for s in re.findall(r"^\S+ \S+ step (\d+)/\d+ \|", self.output(), re.M)] or [0])
 
     def signal_when(self, condition, signum):
         """Send `signum` as soon as `condition()` holds (the process must still be running); wait for the
@@ -138,7 +138,7 @@ def interrupt_in_a_save_and_with_sigterm(config, path, rng, tmp_path):
 
     at = rng.randrange(latest_step(path) + 2, latest_step(path) + 7)
     run = Training(config, tmp_path / "sigterm.log")
-    assert run.signal_when(lambda: run.step() >= at, signal.SIGTERM) == 0
+    assert run.signal_when(lambda: run.step() >= at, signal.SIGTERM) == EXIT_STOPPED
     stopped = int(re.search(r"SIGTERM: stopped with a checkpoint at step (\d+) in ", run.output()).group(1))
     # The checkpoint is at the step the run reached, whether or not a multiple of EVERY.
     assert stopped == run.step() >= at and latest_step(path) == stopped

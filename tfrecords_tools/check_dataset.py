@@ -15,7 +15,9 @@ of them: there short records are fine as long as any `stitch` of them hold n_ctx
 """
 import argparse
 import bisect
+import concurrent.futures
 import hashlib
+import multiprocessing
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -136,11 +138,12 @@ def check_manifests(files):
     return problems
 
 
-def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, stitch=None):
+def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, stitch=None, processes=1, progress=False):
     """Check every file matched by `paths`; print a report (the tool's output); return the number of problems.
 
     With `stitch`, records are documents that generic_text joins `stitch` at a time (each pattern
     is a dataset of its own): the `stitch` shortest of a pattern's files must hold n_ctx + 1 tokens.
+    `processes` files are read at once (in fresh processes); `progress` shows a bar of the bytes read.
     """
     files = []
     by_pattern = {}
@@ -156,8 +159,7 @@ def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, stitch=None):
     total_records = total_tokens = 0
     first = None
     shortest = {}
-    for path in files:
-        report = check_file(path, n_vocab, n_ctx, stitch)
+    for path, report in zip(files, _file_reports(files, (n_vocab, n_ctx, stitch), processes, progress)):
         shortest[path] = report.shortest_lengths
         entry = expected.get(path)
         if entry and (entry["sha256"] != report.sha256 or entry["bytes"] != report.bytes):
@@ -189,6 +191,31 @@ def check(paths, n_vocab=None, n_ctx=None, tokenizer=None, stitch=None):
     return len(problems)
 
 
+def _file_reports(files, limits, processes, progress):
+    """check_file's report of each file, in order, read by `processes` processes, with a progress bar
+    (stderr) of the bytes read when asked for."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(tf.io.gfile.stat(path).length for path in files), unit="B", unit_scale=True,
+                   unit_divisor=1024, file=sys.stderr, dynamic_ncols=True)
+    # Fresh processes ("spawn"): a forked copy of a process running TensorFlow's threads may hang.
+    pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) \
+        if processes > 1 else None
+    try:
+        reports = pool.map(check_file, files, *zip(*[limits] * len(files))) if pool else \
+            (check_file(path, *limits) for path in files)
+        for report in reports:
+            if bar is not None:
+                bar.update(report.bytes)
+            yield report
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
+
+
 def _manifest_entries(files):
     entries = {}
     for directory in {p.rsplit("/", 1)[0] for p in files}:
@@ -207,12 +234,17 @@ def main(argv=None):
                    help="records are documents that generic_text's documents_* modes join this many at a time: "
                         "any `stitch` of them need n_ctx + 1 tokens, not each one")
     p.add_argument("--tokenizer", default=None, help="tokenizer to decode a sample with (path or \"gpt2\")")
+    p.add_argument("--processes", type=int, default=1, help="files read at once (the Pile takes hours on one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.stitch is not None and args.stitch < 1:
         p.error("--stitch must be at least 1")
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        problems = check(args.paths, args.n_vocab, args.n_ctx, tokenizer, stitch=args.stitch)
+        problems = check(args.paths, args.n_vocab, args.n_ctx, tokenizer, stitch=args.stitch,
+                         processes=args.processes, progress=not args.quiet)
     except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

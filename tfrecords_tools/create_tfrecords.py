@@ -50,7 +50,7 @@ from errors import UserError, first_line
 from inputs.tokenizer import END_OF_TEXT, PADDING, load_tokenizer
 from meshtf import tf
 from tfrecords_tools import records
-from tfrecords_tools.sources import SkipCounts, TextOptions, document_stream, input_files
+from tfrecords_tools.sources import BytesRead, SkipCounts, TextOptions, document_stream, input_files
 
 MODES = ("chunks", "documents")
 SKIP_FIELDS = [f.name for f in dataclasses.fields(SkipCounts)]
@@ -174,8 +174,9 @@ def create_tfrecords(inputs, output_dir, tokenizer_path="gpt2", name="data", mod
         return manifest
     state = manifest["resume"]
     skipped = SkipCounts(**state["skipped"])
-    documents = document_stream(files, options, skipped, start=(state["file"], state["document"]))
-    meter = _Progress(progress, manifest)
+    read = BytesRead()
+    documents = document_stream(files, options, skipped, start=(state["file"], state["document"]), read=read)
+    meter = _Progress(progress, manifest, read)
 
     pending = list(state["pending"])  # chunks mode: tokens after the last record of the last complete file
     writer = None
@@ -352,27 +353,36 @@ def _delete_own_files(output_dir, name, keep=()):
 
 
 class _Progress:
-    """documents/s, tokens/s and MB/s on stderr (tqdm), when asked for."""
+    """A progress bar on stderr (tqdm), when asked for: input bytes read of their total, with an ETA,
+    and documents, tokens/s and MB/s of text."""
 
-    def __init__(self, enabled, manifest):
+    def __init__(self, enabled, manifest, read):
         self._bar = None
+        self._read = read
         if enabled:
             from tqdm import tqdm
-            self._bar = tqdm(unit=" docs", initial=manifest["documents"], file=sys.stderr, dynamic_ncols=True)
+            self._bar = tqdm(total=read.total, initial=read.done, unit="B", unit_scale=True, unit_divisor=1024,
+                             file=sys.stderr, dynamic_ncols=True)
+        self._documents = manifest["documents"]
         self._start = time.perf_counter()
         self._tokens = self._bytes = 0
 
     def update(self, characters, tokens):
+        self._documents += 1
         self._tokens += tokens
         self._bytes += characters
-        if self._bar is not None:
-            self._bar.update(1)
-            seconds = max(time.perf_counter() - self._start, 1e-9)
-            if self._bar.n % 64 == 0:
-                self._bar.set_postfix_str("%.0f tokens/s, %.2f MB/s" % (self._tokens / seconds, self._bytes / seconds / 1e6))
+        if self._bar is not None and self._documents % 64 == 0:
+            self._show()
+
+    def _show(self):
+        seconds = max(time.perf_counter() - self._start, 1e-9)
+        self._bar.update(self._read.done - self._bar.n)
+        self._bar.set_postfix_str("%d docs, %.0f tokens/s, %.2f MB/s of text" % (
+            self._documents, self._tokens / seconds, self._bytes / seconds / 1e6))
 
     def close(self):
         if self._bar is not None:
+            self._show()
             self._bar.close()
 
 
@@ -453,6 +463,7 @@ def main(argv=None):
     args = parse_args(argv)
     options = TextOptions(tuple(args.pile_set_name), args.ftfy, args.wikitext_detokenize, args.skip_bad_lines)
     try:
+        options.check()
         manifest = create_tfrecords(args.input_dir, args.output_dir, args.encoder_path, args.name, args.mode,
                                     args.chunk_size, args.files_per, args.separator, args.minimum_size,
                                     args.processes, options, progress=not args.quiet, overwrite=args.overwrite)

@@ -7,6 +7,7 @@ order, so every tool sees the same document sequence.
 """
 import dataclasses
 import gzip
+import importlib.util
 import io
 import json
 import lzma
@@ -36,6 +37,11 @@ class TextOptions:
     ftfy: bool = False                    # fix mojibake and normalise (NFKC) with ftfy
     wikitext_detokenize: bool = False     # undo WikiText's tokenization artefacts
     skip_bad_lines: bool = False          # skip (and count) undecodable lines instead of stopping
+
+    def check(self):
+        """Raise InputError for options this installation cannot apply (before any document is read)."""
+        if self.ftfy and importlib.util.find_spec("ftfy") is None:
+            raise InputError("--ftfy needs the ftfy package: pip install ftfy (or the package's [ftfy] extra)")
 
 
 def input_files(inputs):
@@ -128,11 +134,20 @@ class SkipCounts:
     empty: int = 0
 
 
-def read_documents(path, options=TextOptions(), skipped=None, start=0):
+@dataclass
+class BytesRead:
+    """How far a `document_stream` has read its input files, in stored (compressed) bytes: for a progress
+    bar with a total and an ETA."""
+    done: int = 0
+    total: int = 0
+
+
+def read_documents(path, options=TextOptions(), skipped=None, start=0, on_read=None):
     """Yield (document index, text) of one file, from document `start` on.
 
     The index counts every document of the file (also filtered and empty ones), so a resumed
-    run can skip exactly the documents an earlier run consumed.
+    run can skip exactly the documents an earlier run consumed. `on_read(n)` is told the bytes of the
+    file read so far after each document.
     """
     skipped = skipped if skipped is not None else SkipCounts()
     with tf.io.gfile.GFile(path, "rb") as raw:
@@ -154,6 +169,8 @@ def read_documents(path, options=TextOptions(), skipped=None, start=0):
                 if not text.strip():
                     skipped.empty += 1
                     continue
+                if on_read:
+                    on_read(raw.tell())
                 yield index, clean(text, options)
         except (zstandard.ZstdError, EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:
             raise InputError("%s is corrupt or truncated after document %d (%s)" % (path, index + 1, e)) from None
@@ -230,16 +247,28 @@ def wikitext_detokenize(text):
     return text
 
 
-def document_stream(files, options=TextOptions(), skipped=None, start=(0, 0)):
+def document_stream(files, options=TextOptions(), skipped=None, start=(0, 0), read=None):
     """Yield ((file index, document index, skip counts so far), text) over all files from `start`.
 
     The skip counts (bad lines, filtered, empty) are a snapshot taken as the document is read,
-    so a consumer that is behind the reader still knows the counts at its own position.
+    so a consumer that is behind the reader still knows the counts at its own position. `read` (a
+    BytesRead) follows the input bytes read; its total is known on return, before the first document.
     """
     skipped = skipped if skipped is not None else SkipCounts()
+    sizes = [tf.io.gfile.stat(path).length for path in files] if read is not None else None
+    if read is not None:
+        read.total, read.done = sum(sizes), sum(sizes[:start[0]])
+    return _documents(files, options, skipped, start, read, sizes)
+
+
+def _documents(files, options, skipped, start, read, sizes):
     first_file, first_doc = start
     for file_index in range(first_file, len(files)):
         begin = first_doc if file_index == first_file else 0
-        for doc_index, text in read_documents(files[file_index], options, skipped, begin):
+        on_read = None
+        if read is not None:
+            def on_read(n, before=sum(sizes[:file_index])):
+                read.done = before + n
+        for doc_index, text in read_documents(files[file_index], options, skipped, begin, on_read):
             yield (file_index, doc_index, dataclasses.astuple(skipped)), text
 

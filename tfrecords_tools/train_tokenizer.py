@@ -20,7 +20,6 @@ existing tokenizer file is an error unless --overwrite, which replaces just that
         --output_dir build/sample/tokenizer --vocab_size 1000
 """
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -170,10 +169,8 @@ def main(argv=None):
     options = TextOptions(pile_set_names=tuple(args.pile_set_name), ftfy=args.ftfy,
                           skip_bad_lines=args.skip_bad_lines)
     skipped, counted = SkipCounts(), DocumentCount()
-    if args.ftfy and importlib.util.find_spec("ftfy") is None:  # else it fails at the first document
-        print("error: --ftfy needs the ftfy package (pip install ftfy)", file=sys.stderr)
-        return 2
     try:
+        options.check()
         if args.max_documents is not None and args.max_documents < 1:
             raise TrainingError("--max_documents must be at least 1, got %d" % args.max_documents)
         check_sizes(args.vocab_size, args.min_frequency)

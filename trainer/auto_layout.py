@@ -12,23 +12,27 @@ config's mesh_shape; `--auto_layout_and_mesh_shape` tries every factorisation of
 into at most four mesh dimensions (as the original), each of which must split something.
 
 Validity. Two dimensions of one tensor (or of one einsum) may not share a mesh dimension (the
-preflight rule, found here from the training step's own tensors), and the config must pass
-validation with the layout (every split divides its dimension, the batch splits evenly). The
-winner is checked again by preflight itself.
+preflight rule, found here from the training step's own tensors, so the winner passes preflight),
+and the config must pass validation with the layout (every split divides its dimension, the batch
+splits evenly, `tokens_per_mb_per_replica` divides a replica's batch).
 
-Cost model, per device, for one training step (forward pass, loss and backward pass, built
-symbolically as the trainer builds them; the optimizer's update is elementwise and left out):
+Cost model, per device, for one training step: the step the trainer runs (trainer/step.py: forward
+pass, loss and backward pass, microbatches included), built symbolically; the optimizer's update is
+elementwise and left out. How many microbatches a step runs depends on how far the batch is split,
+so there is one step per microbatch count among the candidates.
 - memory: parameters, optimizer slots, gradients and peak activations (trainer/memory.py).
-- compute: the FLOPs of every einsum, 2 × the multiply-adds of the slice this device computes.
-  A dimension split nowhere is computed whole on every device, so layouts that leave mesh
-  dimensions idle cost more.
+- compute: the FLOPs of every einsum, 2 × the multiply-adds of the slice this device computes,
+  once per microbatch in the microbatch loop. A dimension split nowhere is computed whole on every
+  device, so layouts that leave mesh dimensions idle cost more.
 - communication: the bytes this device sends in the collectives mesh-tf's lowering issues: an
   einsum or sum over a split dimension all-reduces its output (2(g-1)/g of the slice over g
   devices, ring all-reduce); mesh-tf delays such an all-reduce past additions of partial sums with
   the same split, and so does this count; a reshape that changes a split all-concatenates or
   all-to-alls ((g-1)/g of the slice); an embedding lookup in a split table all-reduces the rows
   found. Data parallelism's gradient all-reduce is one of these (the weight-gradient einsums sum
-  over the split batch). The counts equal the collectives a real lowering issues (tested).
+  over the split batch); mesh-tf adds up the microbatches' partial sums of a gradient and
+  all-reduces them once, after the loop, and so does this count. The counts equal the collectives
+  a real lowering issues, each inside the loop once per microbatch (tested).
 - step cost = FLOPs + FLOPS_PER_BYTE × bytes: one byte sent costs as much time as FLOPS_PER_BYTE
   FLOPs computed.
 
@@ -44,13 +48,9 @@ from typing import Dict, Optional, Tuple
 from meshtf import mtf, tf
 from models import dims as names
 from models import layers
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt, token_losses
-from trainer.config import ConfigError, MeshConfig, validate
-from trainer.memory import GiB, USABLE, DeviceMemory, training_step
-from trainer.optimizer import gradients
-from trainer.preflight import preflight
+from trainer.config import ConfigError, MeshConfig, microbatches, validate
+from trainer.memory import GiB, USABLE, DeviceMemory, lifetimes
+from trainer.step import nodes, symbolic
 
 SEARCHED_DIMS = (names.BATCH, names.MEMORY_LENGTH, names.EMBD, names.HEADS, names.VOCAB,
                  names.INTERMEDIATE_EXPANDED)
@@ -71,8 +71,8 @@ class Op:
     """One mtf operation, reduced to what its lowering communicates and computes.
 
     kind: "einsum", "sum" (reduce_sum), "reduce" (all-reduced at once: max, min, embedding lookups),
-    "reshape", "add" (may keep partial sums pending, as mesh-tf's lazy all-reduce does) or "other"
-    (slicewise).
+    "reshape", "add" (may keep partial sums pending, as mesh-tf's lazy all-reduce does), "loop" (the
+    microbatch loop, after its operations: sums them) or "other" (slicewise).
     """
 
     kind: str
@@ -81,6 +81,8 @@ class Op:
     reduced: Tuple[str, ...] = ()    # einsum, sum, reduce: dimensions summed away, in mesh-tf's order
     result: Tuple = ()               # einsum: the output's dimensions found in the inputs
     work: Tuple = ()                 # einsum: all dimensions of the computation
+    runs: int = 1                    # per step (trainer.step.Node)
+    sums: Tuple = ()                 # loop: (body output, loop output) tensor ids
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,8 @@ class Costs:
 class StepOperations:
     """The training step's operations, priced for a mesh shape and layout without lowering them."""
 
-    def __init__(self, graph, outputs):
-        """`graph`: the mtf graph of the step; `outputs`: the tensors the step uses (loss, gradients)."""
+    def __init__(self, step):
+        """`step`: a trainer.step.Step, whose loss and gradients the rest of the step reads."""
         ids = {}
 
         def tensor_id(t):
@@ -108,16 +110,20 @@ class StepOperations:
 
         self.ops = []
         conflicts = set()
-        for op in graph.operations:
-            inputs = tuple(tensor_id(t) for t in op.inputs)
-            output = tensor_id(op.outputs[0]) if op.outputs else None
-            for t in op.inputs + op.outputs:
+        for node in nodes(step):
+            inputs = tuple(tensor_id(t) for t in node.inputs)
+            for t in node.inputs + tuple(node.op.outputs):
                 conflicts.update(_pairs(t.shape.dims))
-            self.ops.append(_op(op, inputs, output, conflicts))
+            if node.sums:
+                sums = tuple((tensor_id(a), tensor_id(b)) for a, b in node.sums)
+                self.ops.append(Op("loop", inputs, None, sums=sums))
+                continue
+            op = _op(node.op, inputs, tensor_id(node.op.outputs[0]) if node.op.outputs else None, conflicts)
+            self.ops.append(dataclasses.replace(op, runs=node.runs) if node.runs > 1 else op)
         self.shapes = {i: t.shape for t, i in ids.items()}
         self.dims = {i: tuple(t.shape.dims) for t, i in ids.items()}
         self.itemsize = {i: t.dtype.size for t, i in ids.items()}
-        self.outputs = tuple(tensor_id(t) for t in outputs)
+        self.outputs = tuple(tensor_id(t) for t in (step.loss,) + step.grads)
         self.conflicts = frozenset(conflicts)
 
     def valid(self, layout):
@@ -144,34 +150,34 @@ class StepOperations:
         counters = {"einsum": 0, "allreduce": 0, "allconcat": 0, "alltoall": 0}
         sent = 0.0
 
-        def collective(kind, axes, elements, itemsize):
+        def collective(kind, axes, elements, itemsize, runs):
             nonlocal sent
             group = 1
             for axis in axes:
                 group *= sizes[axis]
-            counters[kind] += elements
-            sent += (2 if kind == "allreduce" else 1) * (group - 1) / group * elements / impl.size * itemsize
+            counters[kind] += elements * runs
+            sent += runs * (2 if kind == "allreduce" else 1) * (group - 1) / group * elements / impl.size * itemsize
 
         # Partial sums whose all-reduce mesh-tf has not issued yet: tensor id -> (mesh axes, laid-out elements).
         pending = {}
 
-        def settle(tensor):
+        def settle(tensor, runs):
             if tensor in pending:
                 axes, elements = pending.pop(tensor)
-                collective("allreduce", axes, elements, self.itemsize[tensor])
+                collective("allreduce", axes, elements, self.itemsize[tensor], runs)
 
         for op in self.ops:
             if op.kind in ("einsum", "sum", "reduce"):
                 for t in op.inputs:
-                    settle(t)
+                    settle(t, op.runs)
                 axes = [axis_of[name] for name in op.reduced if name in axis_of]
                 if op.kind == "einsum":
-                    counters["einsum"] += laid_out(op.work)
+                    counters["einsum"] += laid_out(op.work) * op.runs
                 if axes:
                     pending[op.output] = (axes, laid_out(op.result if op.kind == "einsum" else self.dims[op.output]))
                     # A max is all-reduced at once, and so is an einsum broadcast to new dimensions.
                     if op.kind == "reduce" or (op.kind == "einsum" and op.result != self.dims[op.output]):
-                        settle(op.output)
+                        settle(op.output, op.runs)
             elif op.kind == "add" and _sum_later(op, pending, self.dims):
                 # Partial sums are added first and all-reduced once, counted as the first operand.
                 pending[op.output] = pending[op.inputs[0]]
@@ -179,14 +185,19 @@ class StepOperations:
                     del pending[t]
             elif op.kind == "reshape":
                 if self._reshape(op, impl, laid_out, collective) or op.inputs[0] not in pending:
-                    settle(op.inputs[0])
+                    settle(op.inputs[0], op.runs)
                 else:
                     pending[op.output] = pending.pop(op.inputs[0])
+            elif op.kind == "loop":
+                # The microbatches' partial sums are added up and all-reduced once, after the loop.
+                for addend, total in op.sums:
+                    if addend in pending:
+                        pending[total] = pending.pop(addend)
             else:
                 for t in op.inputs:
-                    settle(t)
+                    settle(t, op.runs)
         for t in self.outputs:
-            settle(t)
+            settle(t, 1)
         return Costs(flops=2 * counters["einsum"] // impl.size, bytes_sent=int(sent), counters=counters)
 
     def _reshape(self, op, impl, laid_out, collective):
@@ -201,11 +212,11 @@ class StepOperations:
                 size //= impl.shape[axis].size  # split before reshaping
         for axis in changed:
             if before[axis] is not None and after[axis] is not None:
-                collective("alltoall", [axis], size, self.itemsize[op.output])
+                collective("alltoall", [axis], size, self.itemsize[op.output], op.runs)
         for axis in changed:
             if after[axis] is None:
                 size *= impl.shape[axis].size
-                collective("allconcat", [axis], size, self.itemsize[op.output])
+                collective("allconcat", [axis], size, self.itemsize[op.output], op.runs)
         return bool(changed)
 
 
@@ -249,15 +260,20 @@ def _pairs(dims):
     return itertools.combinations(present, 2)
 
 
-def training_graph(config):
-    """Build `config`'s training step in the current TF graph: (mtf graph, [loss] + gradients)."""
-    graph = mtf.Graph()
-    mesh = mtf.Mesh(graph, "auto_layout")
-    d = Dims.build(config.model, config.train.train_batch_size)
-    ids, targets = (mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32) for _ in range(2))
-    logits = gpt(ids, Context(d, config.model, train=True, seed=config.data.seed))
-    loss, _ = token_losses(logits, targets, d, config.model.z_loss)
-    return graph, [loss] + gradients(loss, graph.trainable_variables)
+class Steps:
+    """The training step of each microbatch count, priced (StepOperations) and laid out in memory
+    (memory.Lifetimes), built when a candidate first needs it."""
+
+    def __init__(self):
+        self.known = {}
+
+    def __call__(self, config):
+        """(StepOperations, Lifetimes) of `config`'s step."""
+        count = microbatches(config)
+        if count not in self.known:
+            step = symbolic(config)
+            self.known[count] = StepOperations(step), lifetimes(step)
+        return self.known[count]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,42 +363,40 @@ def _with_mesh(config, mesh_shape, layout):
     return candidate
 
 
-def search(config, with_mesh_shape=False, device_memory=DEFAULT_DEVICE_MEMORY):
+def search(config, with_mesh_shape=False, device_memory=DEFAULT_DEVICE_MEMORY, steps=None):
     """The best layout for `config` on its mesh_shape, or with `with_mesh_shape` the best mesh shape
-    and layout for as many devices as its mesh_shape has (see the module docstring)."""
-    with tf.Graph().as_default():
-        graph, outputs = training_graph(config)
-        step = StepOperations(graph, outputs)
-    pairs = meshes_and_layouts(config.mesh.size, step) if with_mesh_shape else \
-        ((config.mesh.mesh_shape, layout) for layout in layouts_for_mesh(config.mesh.mesh_shape, step))
-    candidates = [c for c in pairs if _with_mesh(config, *c)]
+    and layout for as many devices as its mesh_shape has (see the module docstring). `steps`: a Steps
+    to share between searches for one config."""
+    steps = steps or Steps()
+    own = steps(config)[0]
+    pairs = meshes_and_layouts(config.mesh.size, own) if with_mesh_shape else \
+        ((config.mesh.mesh_shape, layout) for layout in layouts_for_mesh(config.mesh.mesh_shape, own))
+    candidates = {c: candidate for c in pairs for candidate in [_with_mesh(config, *c)] if candidate}
     if not candidates:
         raise ConfigError("no layout of %s over %s passes validation for %s; change the batch size or the mesh" % (
             ", ".join(SEARCHED_DIMS), "%d devices" % config.mesh.size if with_mesh_shape
             else "mesh_shape " + config.mesh.shape_string, config.name))
-    costs = {c: step.costs(*c) for c in candidates}
-    ranked = sorted(candidates, key=lambda c: (costs[c].step_cost, _shape_string(c[0]), _layout_string(c[1])))
-    memory = _Memory(config, candidates)
+    memory = _Memory(candidates, steps)
     budget = USABLE * device_memory
-    if memory.least <= budget:
-        best = next(c for c in ranked if memory(c) <= budget)
-    else:
-        best = next(c for c in ranked if memory.is_least(c))
-    choice = Choice(best[0], best[1], costs[best], memory(best), memory(best) <= budget, len(candidates))
-    preflight(_with_mesh(config, choice.mesh_shape, choice.layout))
-    return choice
+    fits = memory.least <= budget
+    # Only the candidates the choice is made among are priced.
+    pool = [c for c in candidates if (memory(c) <= budget if fits else memory.is_least(c))]
+    costs = {c: steps(candidates[c])[0].costs(*c) for c in pool}
+    best = min(pool, key=lambda c: (costs[c].step_cost, _shape_string(c[0]), _layout_string(c[1])))
+    return Choice(best[0], best[1], costs[best], memory(best), fits, len(candidates))
 
 
 class _Memory:
     """Memory per device of candidates (trainer/memory.py), computed once per way of splitting.
 
-    A device's memory depends only on how many ways each dimension is split, and never grows
-    when a dimension is split further, so the least is found among the splits that no other
-    candidate's split exceeds.
+    A device's memory depends only on how many ways each dimension is split (which also sets the
+    microbatch count), and never grows when a dimension is split further, so the least is found
+    among the splits that no other candidate's split exceeds.
     """
 
-    def __init__(self, config, candidates):
-        self.step = training_step(config)
+    def __init__(self, candidates, steps):
+        """`candidates`: {(mesh_shape, layout): config}; `steps`: their Steps."""
+        self.candidates, self.steps = candidates, steps
         self.known = {}
         by_split = {_split_key(c): c for c in candidates}
         self.maximal = {k for k in by_split
@@ -393,7 +407,8 @@ class _Memory:
         key = _split_key(candidate)
         if key not in self.known:
             mesh_shape, layout = candidate
-            self.known[key] = DeviceMemory(self.step, _shape_string(mesh_shape), _layout_string(layout)).at().total
+            step = self.steps(self.candidates[candidate])[1]
+            self.known[key] = DeviceMemory(step, _shape_string(mesh_shape), _layout_string(layout)).at().total
         return self.known[key]
 
     def is_least(self, candidate):
@@ -417,5 +432,6 @@ def describe(config, choice, with_mesh_shape, device_memory):
                  choice.memory / GiB, choice.costs.flops / 1e12, choice.costs.bytes_sent / 1e9)]
     if not choice.fits:
         lines.append("no candidate fits; this one needs the least memory: lower train_batch_size, set "
-                     "recompute_grad, use more devices, or give the devices' memory with --device_memory")
+                     "recompute_grad, use more devices, microbatch (tokens_per_mb_per_replica), or give the "
+                     "devices' memory with --device_memory")
     return lines

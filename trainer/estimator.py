@@ -6,7 +6,7 @@ from tensorflow_estimator.python.estimator.tpu import tpu_estimator
 
 from inputs.pipeline import input_fn_for
 from trainer.checkpoints import latest_step
-from trainer.guards import NonFiniteLossHook, SignalStop
+from trainer.guards import NonFiniteLossHook, SignalStop, StoppedEarly
 from trainer.model_fn import build_model_fn
 
 log = logging.getLogger("gptneo")
@@ -32,7 +32,9 @@ def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_pr
         save_checkpoints_steps=None,
         save_checkpoints_secs=None,
         log_step_count_steps=t.iterations,
-        save_summary_steps=t.iterations,
+        # The host call writes the summaries (trainer/hooks.py); the estimator's own would add a second
+        # `loss` (as loss_1).
+        save_summary_steps=None,
         session_config=hardware.session_config(),
         tpu_config=tpu_config)
     return tpu_estimator.TPUEstimator(
@@ -59,8 +61,8 @@ def train(estimator, config, steps_per_checkpoint, evaluator=None, sample=None):
 
     Resumes from the newest complete checkpoint; the input skips the records already seen.
     SIGTERM or SIGINT stops training at the next step boundary with a checkpoint there (see
-    trainer/guards.py); no evaluation starts after it (one under way finishes). A non-finite loss raises
-    NonFiniteError. Returns the list of evaluation results.
+    trainer/guards.py) and raises StoppedEarly; no evaluation starts after it (one under way finishes). A
+    non-finite loss raises NonFiniteError. Returns the list of evaluation results.
     """
     t = config.train
     step = latest_step(config.model_path)
@@ -80,7 +82,7 @@ def train(estimator, config, steps_per_checkpoint, evaluator=None, sample=None):
             if t.evaluates and not stop.received:
                 results += evaluator.run(estimator)
     if stop.received and step < t.train_steps:
-        log.info("%s: stopped with a checkpoint at step %d in %s; run the same command to resume",
-                 stop.received, step, config.model_path)
+        raise StoppedEarly("%s: stopped with a checkpoint at step %d in %s; run the same command to resume"
+                           % (stop.received, step, config.model_path))
     return results
 

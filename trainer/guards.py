@@ -1,7 +1,8 @@
 """Stopping training safely.
 
 - SIGTERM or SIGINT (a preemption, Ctrl-C): training stops at the next step boundary, the saver
-  writes a checkpoint at that step, and the run ends normally. On TPU one session run is a loop of
+  writes a checkpoint at that step, and the run ends with StoppedEarly (main.py's exit status
+  EXIT_STOPPED), so a retry loop tells it from a finished run. On TPU one session run is a loop of
   `iterations` steps, so the boundary is the end of the current loop.
 - A non-finite loss, or a non-finite variable about to be saved: training stops with
   NonFiniteError and nothing more is saved, so the newest checkpoint stays the last good one.
@@ -15,8 +16,16 @@ import numpy as np
 from meshtf import tf
 
 
+# sysexits' EX_TEMPFAIL ("try again later"): stopped by a signal before train_steps, with a checkpoint.
+EXIT_STOPPED = 75
+
+
 class NonFiniteError(RuntimeError):
     """Training diverged; the message names the step."""
+
+
+class StoppedEarly(Exception):
+    """Training stopped at a signal before `train_steps`, with a checkpoint; the message says where."""
 
 
 class SignalStop:

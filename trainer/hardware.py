@@ -28,6 +28,12 @@ class Hardware:
     def use_tpu(self):
         return self.kind == "tpu"
 
+    @property
+    def host_is_local(self):
+        """Whether the graph's host ops run in this process: everywhere but on a TPU node, whose own host
+        runs them (a TPU VM is `--tpu local`)."""
+        return not self.use_tpu or self.tpu_name == "local"
+
     def session_config(self):
         if self.kind == "cpu":
             # One virtual CPU device per mesh position; all share this machine's cores.

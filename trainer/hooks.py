@@ -1,6 +1,9 @@
 """Training progress: a log line every `iterations` steps and TensorBoard scalars."""
 import logging
+import threading
 import time
+
+import numpy as np
 
 from meshtf import tf
 from trainer import flops
@@ -43,79 +46,114 @@ class Throughput:
         return text, scalars
 
 
-class TrainLogHook(tf.train.SessionRunHook):
-    """Every `iterations` steps, and for the steps left when training stops between two such lines
-    (a run shorter than `iterations`, the end of a chunk): log the means of the fetched scalars since the
-    last log line, tokens/s, model TFLOP/s and MFU (see `Throughput`); write tokens/s and MFU to TensorBoard.
+class Progress:
+    """The training log line and its TensorBoard scalars, fed by the host call (`summary_host_call`)
+    step by step, so on TPU as on CPU: every `iterations` steps, and for the steps left when training
+    stops between two such lines (a run shorter than `iterations`, the end of a chunk),
 
-    On TPU the model's tensors live inside the TPU loop and cannot be fetched, so `tensors` is
-    empty there and TPUEstimator logs the loss itself.
+        step 500/286150 | loss 3.214 | lr 0.0001 | grad_norm 0.51 | 21843 tokens/s | ... | ETA 5d 2h
+
+    with the means of loss, lr and grad_norm since the last line, the throughput (see `Throughput`)
+    and the time left at the last interval's pace. tokens/s and MFU also go to TensorBoard.
     """
 
-    def __init__(self, config, global_step, tensors, throughput):
-        self._every = config.train.iterations
-        self._model_path = config.model_path
-        self._global_step = global_step
-        self._tensors = tensors
-        self._throughput = throughput
+    SCALARS = ("loss", "lr", "grad_norm")
 
-    def begin(self):
-        self._writer = tf.summary.FileWriterCache.get(self._model_path)
+    def __init__(self, config, throughput):
+        self._every = config.train.iterations
+        self._train_steps = config.train.train_steps
+        self._model_path = config.model_path
+        self._throughput = throughput
+        self._lock = threading.Lock()  # the host call may run in TPUEstimator's outfeed thread
+        self.start(0)
+
+    def start(self, step):
+        """A new training chunk, resumed at `step`."""
+        with self._lock:
+            self._logged_step = self._step = step
+            self._logged_time = time.perf_counter()
+            self._sums, self._count = np.zeros(len(self.SCALARS)), 0
+
+    def record(self, step, *values):
+        """One step's scalars (called from the graph: see `summary_host_call`)."""
+        with self._lock:
+            self._step = int(step)
+            self._sums += values
+            self._count += 1
+            if self._step % self._every == 0:
+                self._log()
+
+    def announce(self):
         self._throughput.announce()
 
-    def after_create_session(self, session, coord):
-        self._logged_step = self._step = session.run(self._global_step)
-        self._logged_time = time.perf_counter()
-        self._sums = dict.fromkeys(self._tensors, 0.0)
+    def end(self):
+        """The chunk's last, partial interval; everything written."""
+        with self._lock:
+            if self._step > self._logged_step:
+                self._log()
+        tf.summary.FileWriterCache.get(self._model_path).flush()
 
-    def before_run(self, run_context):
-        return tf.train.SessionRunArgs(self._tensors)
-
-    def after_run(self, run_context, run_values):
-        values = run_values.results
-        # Read after the step: within the step's own run the read would race the increment
-        # (and on TPU one run is a whole loop of steps).
-        step = run_context.session.run(self._global_step)
-        for key, value in values.items():
-            self._sums[key] += value
-        self._step = step
-        if step % self._every == 0:
-            self._log(step)
-
-    def _log(self, step):
+    def _log(self):
         now = time.perf_counter()
-        steps = step - self._logged_step
-        throughput, scalars = self._throughput.report(steps, now - self._logged_time)
-        shown = " | ".join("%s %.4g" % (key, total / steps) for key, total in self._sums.items())
-        self._sums = dict.fromkeys(self._tensors, 0.0)
-        log.info("step %d | %s | %s", step, shown, throughput)
-        self._writer.add_summary(tf.Summary(value=[
-            tf.Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]), step)
-        self._logged_step, self._logged_time = step, now
+        steps, seconds = self._step - self._logged_step, now - self._logged_time
+        throughput, scalars = self._throughput.report(steps, seconds)
+        means = " | ".join("%s %.4g" % (name, total / max(self._count, 1))
+                           for name, total in zip(self.SCALARS, self._sums))
+        left = (self._train_steps - self._step) * seconds / steps
+        log.info("step %d/%d | %s | %s | ETA %s", self._step, self._train_steps, means, throughput, duration(left))
+        writer = tf.summary.FileWriterCache.get(self._model_path)
+        writer.add_summary(tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=value)
+                                             for tag, value in scalars.items()]), self._step)
+        self._logged_step, self._logged_time = self._step, now
+        self._sums, self._count = np.zeros(len(self.SCALARS)), 0
+
+
+def duration(seconds):
+    """3725 -> "1h 2m": the two largest units."""
+    parts = [(int(seconds // 86400), "d"), (int(seconds % 86400 // 3600), "h"), (int(seconds % 3600 // 60), "m"),
+             (int(seconds % 60), "s")]
+    shown = [(n, unit) for n, unit in parts if n][:2] or [(0, "s")]
+    return " ".join("%d%s" % pair for pair in shown)
+
+
+class ProgressHook(tf.train.SessionRunHook):
+    """Starts `progress` at each training chunk's first step and logs its last, partial interval."""
+
+    def __init__(self, progress, global_step):
+        self._progress = progress
+        self._global_step = global_step
+
+    def begin(self):
+        self._progress.announce()
+
+    def after_create_session(self, session, coord):
+        self._progress.start(session.run(self._global_step))
 
     def end(self, session):
-        if self._step > self._logged_step:
-            self._log(self._step)
-        self._writer.flush()
+        self._progress.end()
 
 
-def summary_host_call(config, step, loss, lr, grad_norms):
-    """TPUEstimator host_call writing `loss` and `lr` at `step`, and every `iterations` steps the scalars
-    `grad_norms` ({tag: norm}, empty without `log_grads`). It runs on the host, also on TPU, where the
-    model's tensors can only reach it as its arguments."""
+def summary_host_call(config, progress, step, loss, lr, grad_norm, grad_norms):
+    """TPUEstimator host_call: every step, hand `step`, `loss`, `lr` and `grad_norm` to `progress` (the log
+    line; None when the host call runs on another machine, a TPU node's host) and write them to
+    TensorBoard; every `iterations` steps also `grad_norms` ({tag: norm}, empty without `log_grads`). It
+    runs on the host, also on TPU, where the model's tensors reach it only as its arguments."""
     model_path = config.model_path
     every = config.train.iterations
     tags = list(grad_norms)
 
-    def host_call(step, loss, lr, *norms):
+    def host_call(step, loss, lr, grad_norm, *norms):
+        logged = [tf.py_func(progress.record, [step[0], loss[0], lr[0], grad_norm[0]], [], stateful=True)] \
+            if progress else []
         with tf.compat.v2.summary.create_file_writer(model_path, max_queue=every).as_default():
             with tf.compat.v2.summary.record_if(True):
-                tf.compat.v2.summary.scalar("loss", loss[0], step=step[0])
-                tf.compat.v2.summary.scalar("lr", lr[0], step=step[0])
+                for tag, value in zip(Progress.SCALARS, (loss, lr, grad_norm)):
+                    tf.compat.v2.summary.scalar(tag, value[0], step=step[0])
             with tf.compat.v2.summary.record_if(tf.equal(step[0] % every, 0)):
                 for tag, norm in zip(tags, norms):
                     tf.compat.v2.summary.scalar(tag, norm[0], step=step[0])
-            return tf.summary.all_v2_summary_ops()
+            return tf.summary.all_v2_summary_ops() + logged
 
     # host_call tensors need a leading batch-like dimension.
-    return host_call, [tf.reshape(x, [1]) for x in [step, loss, lr] + [grad_norms[tag] for tag in tags]]
+    return host_call, [tf.reshape(tf.cast(x, tf.float32) if x is not step else x, [1])
+                       for x in [step, loss, lr, grad_norm] + [grad_norms[tag] for tag in tags]]

@@ -8,20 +8,19 @@ from models.dims import Dims
 from models.gpt import gpt, gpt_losses, variable_dtype
 from models.sampling import generate
 from trainer import checkpoints, evaluation, hooks
-from trainer.config import microbatches
 from trainer.hardware import mesh_implementation
-from trainer.optimizer import gradient_norms, loss_and_gradients, minimize
+from trainer.optimizer import gradient_norms, minimize
 from trainer.spikes import LossSpikes
+from trainer.step import loss_and_gradients
 
 MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
 
 
 def build_model_fn(config, hardware, steps_per_checkpoint):
-    throughput = hooks.Throughput(config, hardware)
+    progress = hooks.Progress(config, hooks.Throughput(config, hardware))
     # Training and evaluation compute in the config's precision; sampling and export in float32 (a
     # bfloat16 checkpoint's weights are cast at restore).
     dtype = variable_dtype(config.model.precision)
-    num_microbatches = microbatches(config)
 
     def model_fn(features, labels, mode, params):
         mode_name = MODES[mode]
@@ -49,13 +48,8 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         shape = mtf.Shape([d.batch, d.sequence])
         ids = mtf.import_fully_replicated(mesh, features, shape, name="ids")
         targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
-        loss, grads = loss_and_gradients(_train_loss, [ids, targets], d.batch, num_microbatches)
+        loss, grads = loss_and_gradients(config, ids, targets)
         return _train_spec(loss, grads, mesh, mesh_impl, step)
-
-    def _train_loss(ids, targets):
-        """The loss of a batch or microbatch (whose dimension `batch` is smaller)."""
-        d = Dims.build(config.model, ids.shape.dims[0].size)
-        return gpt_losses(ids, targets, Context(d, config.model, train=True, seed=config.data.seed, dtype=dtype))[0]
 
     def _train_spec(loss, grads, mesh, mesh_impl, step):
         global_step = tf.train.get_or_create_global_step()
@@ -72,16 +66,15 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
             step_ops.append(spikes.record(tf_loss, lowering.export_to_tf_tensor(applies)))
         with tf.control_dependencies(step_ops):
             train_op = tf.assign_add(global_step, 1)
-        logged = {} if hardware.use_tpu else {
-            "loss": tf_loss, "lr": lr, "grad_norm": lowering.export_to_tf_tensor(grad_norm)}
         saver = checkpoints.saver_hook(config, lowering, steps_per_checkpoint,
                                        [spikes.saver_listener()] if spikes else [])
-        log_hook = hooks.TrainLogHook(config, global_step, logged, throughput)
-        training_hooks = [mtf.MtfRestoreHook(lowering), saver, log_hook]
+        training_hooks = [mtf.MtfRestoreHook(lowering), saver, hooks.ProgressHook(progress, global_step)]
         training_hooks += spikes.hooks() if spikes else []
         return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
-                                host_call=hooks.summary_host_call(config, step + 1, tf_loss, lr, {
-                                    tag: lowering.export_to_tf_tensor(norm) for tag, norm in norms.items()}),
+                                host_call=hooks.summary_host_call(
+                                    config, progress if hardware.host_is_local else None, step + 1, tf_loss, lr,
+                                    lowering.export_to_tf_tensor(grad_norm),
+                                    {tag: lowering.export_to_tf_tensor(norm) for tag, norm in norms.items()}),
                                 scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path))
 
     def _eval_spec(features, labels, mesh, mesh_impl, d):
@@ -137,7 +130,6 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
 
 
 def _grad_norm_summaries(grads, variables, grad_norm):
-    """`log_grads`' TensorBoard tags and norms: the global gradient norm and each variable's, before
-    clipping (as the original's)."""
-    norms = {"grad_norm/" + v.name: norm for v, norm in zip(variables, gradient_norms(grads))}
-    return dict(norms, grad_norm=grad_norm)
+    """`log_grads`' TensorBoard tags and norms: each variable's gradient norm, before clipping (as the
+    original's; the global one, `grad_norm`, is always written)."""
+    return {"grad_norm/" + v.name: norm for v, norm in zip(variables, gradient_norms(grads))}
