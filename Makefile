@@ -29,7 +29,8 @@ build/sample/train: $(VENV)/.demo-installed data/sample/train.jsonl.zst
 
 demo: build/sample/train
 	$(PY) main.py --model configs/demo_cpu.json --steps_per_checkpoint 100
-	$(PY) main.py --model configs/demo_cpu.json --predict --max_new_tokens 40 --temperature 0.7
+	$(PY) main.py --model configs/demo_cpu.json --predict --prompt data/sample/prompts.jsonl --max_new_tokens 30 \
+		--temperature 0.7
 	$(PY) -m trainer.loss_plot --model_path build/demo_model --output build/demo_model/loss.png
 
 # Installs need the network; the tests run without it (tests/isolated.sh: loopback only), in two workers.
