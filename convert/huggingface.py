@@ -309,6 +309,15 @@ def _check_exportable(m):
                               "LayerNorm ln_f and ties its output to wte; this model has neither)")
 
 
+def recorded_config(checkpoint):
+    """The config.json main.py records in a run's model_path, for a checkpoint directory or prefix there."""
+    if not checkpoint:
+        raise ConversionError("give --model (the checkpoint's config), or --checkpoint in a model_path that a "
+                              "training run recorded its config.json in")
+    directory = checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
+    return directory.rstrip("/") + "/config.json"
+
+
 def resolve_checkpoint(path):
     """A checkpoint prefix, from a prefix or a directory (its newest checkpoint)."""
     if tf.io.gfile.isdir(path):
@@ -776,9 +785,10 @@ def parse_args(argv=None):
     commands = p.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="our checkpoint -> HuggingFace directory (model, generation "
                                                 "config, tokenizer)")
-    export.add_argument("--model", required=True,
+    export.add_argument("--model", default=None,
                         help="the checkpoint's model config: a path ending in .json or the name of one in configs/ "
-                             "(its mesh_shape and layout are not used: any machine converts a pod's checkpoint)")
+                             "(its mesh_shape and layout are not used: any machine converts a pod's checkpoint); "
+                             "default: the config.json a training run recorded in the --checkpoint directory")
     export.add_argument("--checkpoint", default=None,
                         help="checkpoint prefix (DIR/model.ckpt-N) or directory (its newest checkpoint); "
                              "default: the newest in the config's model_path")
@@ -812,7 +822,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.command == "export":
-            config = load_model_config(args.model, args.overrides)
+            config = load_model_config(args.model or recorded_config(args.checkpoint), args.overrides)
             prefix, names = export_hf(args.checkpoint or config.model_path, config, args.output_dir, args.vocab_size)
             print("exported %s to %s (%s)" % (prefix, args.output_dir, ", ".join(names)))
             if "tokenizer.json" not in names:

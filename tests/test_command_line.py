@@ -9,6 +9,7 @@ import sys
 import numpy as np
 from conftest import REPO, make, run_main
 
+from convert import huggingface
 from meshtf import mtf, tf
 from models.context import Context
 from models.dims import Dims
@@ -44,6 +45,8 @@ def test_a_run_predicts_and_evaluates_from_its_model_path_alone(make_config, tmp
     assert run_main("--model_path", model_path, "--eval") == 0
     out = capsys.readouterr().out
     assert "SAMPLE 0" in out and "eval at step 1" in out
+    assert huggingface.main(["export", "--checkpoint", model_path, "--output_dir", str(tmp_path / "hf")]) == 0
+    assert json.load(open(tmp_path / "hf" / "config.json"))["num_layers"] == 1
 
 
 def test_sacred_id_names_samples_and_evaluation_results(make_config, tmp_path, capsys):

@@ -315,7 +315,8 @@ def test_a_full_disk_ends_training_with_one_line_keeping_the_last_checkpoint(mak
         assert [n for n in os.listdir(copy) if "_temp" in n or n.startswith("model.ckpt-10")] == []
 
     assert (out / "status3").read_text() == "0\n", (out / "err3").read_text()
-    assert re.findall(r"^\S+ step (\d+) \|", (out / "out3").read_text(), re.M) == [str(s) for s in range(6, 13)]
+    assert re.findall(r"^\S+ \S+ step (\d+)/12 \|", (out / "out3").read_text(), re.M) == \
+        [str(s) for s in range(6, 13)]
     copy = str(out / "model3")
     assert latest_step(copy) == 12
     # Steps 6-10 ran twice: before the disk filled up, and after the resume from step 5.
