@@ -202,6 +202,10 @@ ROWS = [
     Row("n_vocab-too-small", "model vocabulary smaller than the data's", "`\"n_vocab\": 1000` on GPT-2 tokens",
         "dataset 'sample' was encoded with n_vocab 50257 but the model's `n_vocab` is 1000; set n_vocab >= 50257",
         lambda env: env.main("--model", env.config(n_vocab=1000))),
+    Row("eos-outside-vocab", "`eos_id` the model has no embedding for", "dataset config `\"eos_id\": 50257`",
+        "dataset config 'sample' has eos_id 50257, but the model's ids are 0 to n_vocab - 1 = 50256; set eos_id to "
+        "the tokenizer's end-of-text id",
+        lambda env: env.main("--model", env.config(dataset={"eos_id": 50257}))),
     Row("missing-tokenizer", "missing tokenizer", "dataset config `\"tokenizer_path\": \"<dir>/nothere.json\"`",
         "tokenizer_path <dir>/nothere.json does not exist (give a tokenizers JSON file, a directory with "
         "vocab.json + merges.txt, or \"gpt2\")",

@@ -20,6 +20,11 @@ def validate(config):
         if ds.n_vocab > config.model.n_vocab:
             raise ConfigError("dataset %r was encoded with n_vocab %d but the model's `n_vocab` is %d; "
                               "set n_vocab >= %d" % (ds.id, ds.n_vocab, config.model.n_vocab, ds.n_vocab))
+        # eos reaches the model (between documents, ending samples); padding_id may be n_vocab: it never does.
+        if not 0 <= ds.eos_id < config.model.n_vocab:
+            raise ConfigError("dataset config %r has eos_id %d, but the model's ids are 0 to n_vocab - 1 = %d; "
+                              "set eos_id to the tokenizer's end-of-text id" % (ds.id, ds.eos_id,
+                                                                               config.model.n_vocab - 1))
     _check_datasets(config.data)
     _check_supported(config)
     _check_eval_tasks(config)
