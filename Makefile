@@ -22,16 +22,16 @@ $(VENV)/.test-installed: setup.py | $(PY)
 install: $(VENV)/.test-installed
 
 build/sample/train: $(VENV)/.demo-installed data/sample/train.jsonl.zst
-	$(PY) -m tfrecords_tools.create_tfrecords --input_dir data/sample/train.jsonl.zst \
+	$(VENV)/bin/gpt-neo-create-tfrecords --input data/sample/train.jsonl.zst \
 		--output_dir build/sample/train --name sample --chunk_size 128 --files_per 500
-	$(PY) -m tfrecords_tools.create_tfrecords --input_dir data/sample/val.jsonl.zst \
+	$(VENV)/bin/gpt-neo-create-tfrecords --input data/sample/val.jsonl.zst \
 		--output_dir build/sample/val --name sample --chunk_size 128 --files_per 500
 
 demo: build/sample/train
 	$(PY) main.py --model configs/demo_cpu.json --steps_per_checkpoint 100
 	$(PY) main.py --model configs/demo_cpu.json --predict --prompt data/sample/prompts.jsonl --max_new_tokens 30 \
 		--temperature 0.7
-	$(PY) -m trainer.loss_plot --model_path build/demo_model --output build/demo_model/loss.png
+	$(VENV)/bin/gpt-neo-loss-plot --model_path build/demo_model --output build/demo_model/loss.png
 
 # Installs need the network; the tests run without it (tests/isolated.sh: loopback only), in two workers.
 test: $(VENV)/.test-installed

@@ -1,15 +1,29 @@
 """GPT-Neo on Mesh-TensorFlow: train GPT-3-style models with model and data parallelism."""
 from setuptools import find_packages, setup
 
+# One import name of our own, with the repository's root as its directory: a clone keeps main.py, models/,
+# inputs/, ... at the top, and an install puts nothing but gpt_neo_mtf into site-packages.
+PACKAGE = "gpt_neo_mtf"
+SUBPACKAGES = find_packages(include=["cli", "models", "inputs", "trainer", "trainer.config", "tfrecords_tools",
+                                     "convert", "configs"])
+
 setup(
     name="gpt-neo-mtf",
     version="0.1.0",
     description="A GPT-3-style trainer on Mesh-TensorFlow, compatible with EleutherAI GPT-Neo configs and checkpoints",
     python_requires=">=3.9,<3.12",
-    packages=find_packages(include=["models", "inputs", "trainer", "trainer.config", "tfrecords_tools", "convert",
-                                    "configs"]),
-    py_modules=["meshtf", "errors", "storage", "main"],
-    package_data={"inputs": ["assets/gpt2/*"], "configs": ["*.json", "dataset_configs/*.json"]},
+    packages=[PACKAGE] + ["%s.%s" % (PACKAGE, name) for name in SUBPACKAGES],
+    package_dir={PACKAGE: "."},
+    package_data={PACKAGE + ".inputs": ["assets/gpt2/*"],
+                  PACKAGE + ".configs": ["*.json", "dataset_configs/*.json"]},
+    entry_points={"console_scripts": [
+        "gpt-neo = gpt_neo_mtf.cli.gpt_neo:main",
+        "gpt-neo-create-tfrecords = gpt_neo_mtf.cli.create_tfrecords:main",
+        "gpt-neo-check-dataset = gpt_neo_mtf.cli.check_dataset:main",
+        "gpt-neo-train-tokenizer = gpt_neo_mtf.cli.train_tokenizer:main",
+        "gpt-neo-hf = gpt_neo_mtf.cli.huggingface:main",
+        "gpt-neo-loss-plot = gpt_neo_mtf.cli.loss_plot:main",
+    ]},
     # TensorFlow comes from one extra per platform: [cpu], [tpu] or [gpu] (each 2.15.1: TF 2.16+ cannot
     # import mesh-tensorflow or the estimator), so that a later install of this package never puts
     # tensorflow-cpu back over a TPU or GPU build.

@@ -8,8 +8,8 @@ import json
 import os
 import re
 
-from errors import ConfigError, first_line
-from meshtf import tf
+from .errors import ConfigError, first_line
+from .meshtf import tf
 
 # The record count a TFRecord file name carries, by the original's rule: underscore, digits, one
 # character, "tfrecords", end of name (`<name>_<index>_<count>.tfrecords` as tfrecords_name writes).

@@ -10,7 +10,6 @@ import time
 from collections import defaultdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 THREADS = 2
 VOCAB = 50257

@@ -176,8 +176,8 @@ def _encode_batches(paths, worker, workers, ready=None, go=None):
     Every worker reads and JSON-decodes the whole stream (cheap next to BPE: see the "read only"
     row) and tokenizes only its own batches.
     """
-    from inputs.tokenizer import load_tokenizer
-    from tfrecords_tools.sources import document_stream
+    from gpt_neo_mtf.inputs.tokenizer import load_tokenizer
+    from gpt_neo_mtf.tfrecords_tools.sources import document_stream
     tokenizer = load_tokenizer("gpt2")
     if ready is not None:  # 2-process baseline: start the clock only when both workers are ready
         ready.wait()
@@ -206,7 +206,7 @@ def _baseline_worker(paths, worker, workers, ready, go, results):
 
 def child_read(paths):
     """Reading alone: decompress + JSON-decode every document, no tokenizing."""
-    from tfrecords_tools.sources import document_stream
+    from gpt_neo_mtf.tfrecords_tools.sources import document_stream
     start, cpu = time.perf_counter(), _cpu_seconds()
     documents = size = 0
     for _, text in document_stream(paths):
@@ -242,7 +242,7 @@ def child_baseline(paths, processes):
 
 def child_convert(paths, processes, output_dir):
     """One create_tfrecords() call, timed (tokenizer loading, pool start-up and writing included)."""
-    from tfrecords_tools.create_tfrecords import create_tfrecords
+    from gpt_neo_mtf.tfrecords_tools.create_tfrecords import create_tfrecords
     start, cpu = time.perf_counter(), _cpu_seconds()
     manifest = create_tfrecords(paths, output_dir, "gpt2", name="bench", mode="chunks", chunk_size=CHUNK_SIZE,
                                 files_per=FILES_PER, processes=processes, progress=False)

@@ -48,7 +48,7 @@ def _prompt_feed(batch, args):
 
 def _initialized_session(session_config, lowering):
     """A session with the (seeded) initial weights, copied to the mesh slices."""
-    from meshtf import tf
+    from gpt_neo_mtf.meshtf import tf
     init = tf.global_variables_initializer()
     session = tf.Session(config=session_config)
     session.run(init)
@@ -61,9 +61,9 @@ def _initialized_session(session_config, lowering):
 
 
 def _tf_setup(args, batch):
-    from meshtf import mtf, tf
-    from models.dims import Dims
-    from trainer.config import build_config
+    from gpt_neo_mtf.meshtf import mtf, tf
+    from gpt_neo_mtf.models.dims import Dims
+    from gpt_neo_mtf.trainer.config import build_config
 
     config = build_config(raw_config(args.n_ctx), "bench-125M", [])
     graph = mtf.Graph()
@@ -79,9 +79,9 @@ def _tf_setup(args, batch):
 
 
 def worker_kv(args, batch):
-    from meshtf import mtf, tf
-    from models.context import Context
-    from models.sampling import PredictConfig, decode_length, generate
+    from gpt_neo_mtf.meshtf import mtf, tf
+    from gpt_neo_mtf.models.context import Context
+    from gpt_neo_mtf.models.sampling import PredictConfig, decode_length, generate
 
     t_build = time.time()
     config, graph, mesh, d, ids, tokens, impl, session_config = _tf_setup(args, batch)
@@ -115,7 +115,7 @@ def worker_kv(args, batch):
 
 def profile(session, fetch, feed, graph, steps):
     """Op-type and per-op totals of one traced run (microseconds, summed over all steps)."""
-    from meshtf import tf
+    from gpt_neo_mtf.meshtf import tf
 
     options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
     metadata = tf.RunMetadata()
@@ -125,9 +125,9 @@ def profile(session, fetch, feed, graph, steps):
 
 
 def worker_recompute(args, batch):
-    from meshtf import mtf, tf
-    from models.context import Context
-    from models.gpt import gpt
+    from gpt_neo_mtf.meshtf import mtf, tf
+    from gpt_neo_mtf.models.context import Context
+    from gpt_neo_mtf.models.gpt import gpt
 
     t_build = time.time()
     config, graph, mesh, d, ids, tokens, impl, session_config = _tf_setup(args, batch)

@@ -18,17 +18,13 @@ the layout chosen for those. Every row is checked to load as a config (validatio
 preflight on its target. Takes about 15 minutes.
 """
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from trainer import auto_layout  # noqa: E402
-from trainer.config import PRECISIONS, ConfigError, load_config  # noqa: E402
-from trainer.memory import GiB, USABLE, estimate, largest_microbatch  # noqa: E402
-from trainer.preflight import Device, preflight  # noqa: E402
+from gpt_neo_mtf.trainer import auto_layout
+from gpt_neo_mtf.trainer.config import PRECISIONS, ConfigError, load_config
+from gpt_neo_mtf.trainer.memory import GiB, USABLE, estimate, largest_microbatch
+from gpt_neo_mtf.trainer.preflight import Device, preflight
 
 
 @dataclass(frozen=True)

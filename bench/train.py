@@ -101,7 +101,7 @@ def training_config(n_ctx, batch, n_layer, steps, model_path):
 
 
 def worker_peak_tf(args):
-    from meshtf import tf
+    from gpt_neo_mtf.meshtf import tf
 
     rates = {}
     session_config = tf.ConfigProto(intra_op_parallelism_threads=THREADS, inter_op_parallelism_threads=THREADS)
@@ -133,8 +133,8 @@ def worker_peak_torch(args):
 
 def _write_run(workdir, args, steps):
     """A model config, its dataset config and steps x batch records of random ids; the config's path."""
-    from storage import tfrecords_name
-    from tfrecords_tools.records import RecordWriter
+    from gpt_neo_mtf.storage import tfrecords_name
+    from gpt_neo_mtf.tfrecords_tools.records import RecordWriter
 
     rng = np.random.RandomState(1234)
     records = os.path.join(workdir, "records")
@@ -155,8 +155,8 @@ def _write_run(workdir, args, steps):
 
 
 def worker_ours(args):
-    import main as main_py
-    from meshtf import tf
+    from gpt_neo_mtf.cli import gpt_neo as main_py
+    from gpt_neo_mtf.meshtf import tf
 
     steps = args.warmup + args.steps
     workdir = tempfile.mkdtemp(prefix="gpt-neo-bench-train-")
@@ -181,10 +181,10 @@ def worker_profile(args):
     # Ops one at a time, so an op's time in the trace is its own, not time spent queueing for the
     # 2-thread intra-op pool behind an overlapping op (the timed runs use 2 inter-op threads).
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    from meshtf import tf
-    from trainer.config import build_config
-    from trainer.estimator import build_estimator
-    from trainer.hardware import select_hardware
+    from gpt_neo_mtf.meshtf import tf
+    from gpt_neo_mtf.trainer.config import build_config
+    from gpt_neo_mtf.trainer.estimator import build_estimator
+    from gpt_neo_mtf.trainer.hardware import select_hardware
 
     class TraceStep(tf.train.SessionRunHook):
         def __init__(self, at):
@@ -280,8 +280,8 @@ def run(args, worker, n_ctx=None, batch=None, peak_tflops=None):
 
 
 def model_flops_per_token(args, n_ctx):
-    from trainer.config import build_config
-    from trainer.flops import model_flops_per_token
+    from gpt_neo_mtf.trainer.config import build_config
+    from gpt_neo_mtf.trainer.flops import model_flops_per_token
 
     return model_flops_per_token(build_config(raw_config(n_ctx, args.n_layer), "bench", []).model)
 

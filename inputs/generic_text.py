@@ -26,9 +26,8 @@ import hashlib
 
 import numpy as np
 
-from inputs.sequential import (DataError, check, dataset_glob, ordered_files, record_window, records,
-                               resume_position, shifted)
-from meshtf import tf
+from .sequential import DataError, check, dataset_glob, ordered_files, record_window, records, resume_position, shifted
+from ..meshtf import tf
 
 # Stitched examples per document shuffle block: the original shuffled in a buffer of 1000 × stitch documents.
 GROUPS_PER_BLOCK = 1000

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inputs.sequential import DataError
-from meshtf import tf
+from .sequential import DataError
+from ..meshtf import tf
 
 URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
 

@@ -16,8 +16,8 @@ Batch b of a run (the batch of training step b + 1; eval batches count from 0 ev
 with stateless random numbers keyed by (seed, mode, b), so a resumed run masks exactly as an
 uninterrupted one.
 """
-from inputs.generic_text import random_key, random_seed
-from meshtf import tf
+from .generic_text import random_key, random_seed
+from ..meshtf import tf
 
 
 def masking(build, config, mode, global_step=0):

@@ -7,10 +7,10 @@ resumed at step s feeds exactly the batches an uninterrupted run feeds from step
 with another train_batch_size would feed other data; `<model_path>/data_state.json` records the
 batch size so such a resume is refused with an explanation instead.
 """
-from inputs import generic_text, mlm, sequential
-from inputs.sequential import DataError
-from meshtf import tf
-from storage import read_json, write_json
+from . import generic_text, mlm, sequential
+from .sequential import DataError
+from ..meshtf import tf
+from ..storage import read_json, write_json
 
 DATASET_FNS = {"sequential_input": sequential.dataset_fn, "generic_text": generic_text.dataset_fn}
 DATA_STATE = "data_state.json"

@@ -11,8 +11,8 @@ from typing import List
 
 import numpy as np
 
-from errors import UserError
-from meshtf import tf
+from ..errors import UserError
+from ..meshtf import tf
 
 # The GPT-2 demo prompt the original samples from when no prompt is given.
 DEFAULT_PROMPT = ("In a shocking finding, scientist discovered a herd of unicorns living in a remote, previously "

@@ -9,9 +9,9 @@ The record-reading pieces (file order, resume positions, checked windows) also s
 """
 import random
 
-from errors import UserError
-from meshtf import tf
-from storage import count_in_name, natural_sort_key
+from ..errors import UserError
+from ..meshtf import tf
+from ..storage import count_in_name, natural_sort_key
 
 
 class DataError(UserError):

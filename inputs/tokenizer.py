@@ -8,8 +8,8 @@ import tempfile
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from errors import UserError
-from meshtf import tf
+from ..errors import UserError
+from ..meshtf import tf
 
 BUNDLED_GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "gpt2")
 END_OF_TEXT = "<|endoftext|>"

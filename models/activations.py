@@ -10,7 +10,7 @@ form (noted at each).
 """
 import random
 
-from meshtf import mtf, tf
+from ..meshtf import mtf, tf
 
 # Keeps the base of a fractional power positive where x = 0 (so neither it nor its gradient is NaN).
 _TINY = 1e-30

@@ -6,8 +6,8 @@ read from it the dims, the config, the mode, the variables' dtype and the seed.
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from meshtf import mtf, tf
-from models.dims import Dims
+from ..meshtf import mtf, tf
+from .dims import Dims
 
 FLOAT32 = mtf.VariableDType(tf.float32)
 

@@ -9,7 +9,7 @@ p = entmax(z): never negative, 0 when p puts all its mass on the target, gradien
 original minimised −log entmax(z)_y instead, which is infinite (and its gradient NaN) whenever the
 target gets probability 0, which happens from the first step.
 """
-from meshtf import mtf, tf
+from ..meshtf import mtf, tf
 
 ALPHA = 1.3
 BISECTION_STEPS = 50

@@ -9,12 +9,12 @@ Each function takes the call's `ctx` (models/context.py): dims, config, mode, dt
 """
 import dataclasses
 
-from meshtf import mtf, tf
-from models.attention import attention, attention_masks, attention_step
-from models.entmax import entmax_loss
-from models.layers import dense, dropout, embed, layer_norm, mlp, normal_initializer, rezero, scale_norm
-from models.moe import moe
-from models.positions import position_embedding
+from ..meshtf import mtf, tf
+from .attention import attention, attention_masks, attention_step
+from .entmax import entmax_loss
+from .layers import dense, dropout, embed, layer_norm, mlp, normal_initializer, rezero, scale_norm
+from .moe import moe
+from .positions import position_embedding
 
 
 def variable_dtype(precision):

@@ -15,10 +15,10 @@ expert_hidden], `wo/kernel` [experts, expert_hidden, embd].
 """
 from dataclasses import dataclass
 
-from meshtf import mtf, tf
-from models import dims as names
-from models.activations import activation
-from models.layers import dropout, normal_initializer
+from ..meshtf import mtf, tf
+from . import dims as names
+from .activations import activation
+from .layers import dropout, normal_initializer
 
 SECOND_POLICIES = ("all", "none", "threshold", "random")
 

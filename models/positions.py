@@ -6,9 +6,9 @@ step (one position) share the same lookup. Variable names are checkpoint API.
 """
 import math
 
-from meshtf import mtf, tf
-from models import dims as names
-from models.layers import embed, normal_initializer
+from ..meshtf import mtf, tf
+from . import dims as names
+from .layers import embed, normal_initializer
 
 # Rotary frequencies: feature pair i of a head turns by p · ROTARY_BASE^(-2i / head_size).
 ROTARY_BASE = 10000

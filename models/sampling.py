@@ -11,11 +11,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from meshtf import mtf, tf
-from models import dims as names
-from models.attention import decode_state
-from models.entmax import entmax
-from models.gpt import gpt_step, gpt_with_cache
+from ..meshtf import mtf, tf
+from . import dims as names
+from .attention import decode_state
+from .entmax import entmax
+from .gpt import gpt_step, gpt_with_cache
 
 
 @dataclass(frozen=True)

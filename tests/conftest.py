@@ -3,14 +3,12 @@ configs written to a temp dir, runs of the real `main.py`, and scalars read back
 import copy
 import json
 import os
-import sys
 import urllib.parse
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 # gs:// tests use a GCS emulator on 127.0.0.1 (fixture `gcs_bucket`) through TF's modular GCS plugin,
 # which reads these variables when TensorFlow is imported: set them before anything imports TF.
@@ -30,10 +28,10 @@ os.environ.setdefault("GCS_STAT_CACHE_MAX_AGE", "0")
 for _name in ("no_proxy", "NO_PROXY"):  # the emulator is never reached through a proxy
     os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1"]))
 
-from inputs.tokenizer import load_tokenizer  # noqa: E402
-from meshtf import mtf, tf  # noqa: E402
-from trainer.config import build_config  # noqa: E402
-from tfrecords_tools.create_tfrecords import create_tfrecords  # noqa: E402
+from gpt_neo_mtf.inputs.tokenizer import load_tokenizer  # noqa: E402
+from gpt_neo_mtf.meshtf import mtf, tf  # noqa: E402
+from gpt_neo_mtf.trainer.config import build_config  # noqa: E402
+from gpt_neo_mtf.tfrecords_tools.create_tfrecords import create_tfrecords  # noqa: E402
 
 SAMPLE = os.path.join(REPO, "data", "sample")
 
@@ -162,8 +160,8 @@ def randomize_and_run(lowering, fetches, seed=0, devices=1, weights=None):
 
 
 def run_main(*args):
-    import main
-    return main.main(list(args))
+    from gpt_neo_mtf.cli import gpt_neo
+    return gpt_neo.main(list(args))
 
 
 def scalars(model_path, tag):
@@ -197,9 +195,9 @@ def _readable_events(path):
 
 def checkpoint_logits(config, checkpoint, ids):
     """Our model's logits for `ids` [batch, n_ctx] from a checkpoint, on a one-device mesh."""
-    from models.context import Context
-    from models.dims import Dims
-    from models.gpt import gpt
+    from gpt_neo_mtf.models.context import Context
+    from gpt_neo_mtf.models.dims import Dims
+    from gpt_neo_mtf.models.gpt import gpt
 
     with tf.Graph().as_default():
         graph = mtf.Graph()

@@ -11,15 +11,15 @@ from conftest import BASE, checkpoint_logits, make, placement, randomize_and_run
 from reference_models import numpy_attention, numpy_gpt_neo_logits, numpy_position_table
 from test_sampling import full_logits, stepped_logits
 
-from convert.huggingface import ConversionError, export_hf
-from meshtf import mtf, tf
-from models.attention import attention, attention_masks
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt
-from models.positions import position_embedding
-from trainer import flops
-from trainer.config import ConfigError, load_config
+from gpt_neo_mtf.convert.huggingface import ConversionError, export_hf
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.attention import attention, attention_masks
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.gpt import gpt
+from gpt_neo_mtf.models.positions import position_embedding
+from gpt_neo_mtf.trainer import flops
+from gpt_neo_mtf.trainer.config import ConfigError, load_config
 
 # Layer level: n_embd 16, 4 heads of 4 features, 16 positions, local window 4 (blocks of 4).
 LAYER = dict(n_ctx=16, local_attention_radius=4)

@@ -9,12 +9,12 @@ import sys
 
 from conftest import REPO, make, run_main
 
-from meshtf import mtf, tf
-from trainer import auto_layout
-from trainer.config import load_config, parse_layout, parse_mesh_shape
-from trainer.memory import USABLE, DeviceMemory, estimate, lifetimes
-from trainer.preflight import preflight
-from trainer.step import symbolic
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.trainer import auto_layout
+from gpt_neo_mtf.trainer.config import load_config, parse_layout, parse_mesh_shape
+from gpt_neo_mtf.trainer.memory import USABLE, DeviceMemory, estimate, lifetimes
+from gpt_neo_mtf.trainer.preflight import preflight
+from gpt_neo_mtf.trainer.step import symbolic
 
 MEGATRON = "heads:x,vocab:x,intermediate_expanded:x"
 

@@ -17,10 +17,8 @@ import pytest
 from conftest import REPO, TINY, run_main, write_dataset_config
 from test_inputs import write_records
 
-import main as main_py
-from convert import huggingface
-from tfrecords_tools import check_dataset, create_tfrecords
-from trainer import loss_plot
+from gpt_neo_mtf.cli import check_dataset, create_tfrecords, huggingface, loss_plot
+from gpt_neo_mtf.cli import gpt_neo as main_py
 
 Row = collections.namedtuple("Row", "id input example message run")
 Row.__doc__ = """id: test id; input: what is wrong; example: how to produce it (README); message: the error
@@ -109,7 +107,7 @@ def predict_after_cutting_indexes(env):
 
 
 def rerun_create_tfrecords_with_another_chunk_size(env):
-    argv = ["--input_dir", env.file("d.jsonl", json.dumps({"text": "some words " * 40}) + "\n"),
+    argv = ["--input", env.file("d.jsonl", json.dumps({"text": "some words " * 40}) + "\n"),
             "--output_dir", env.path("out"), "--name", "x", "--quiet"]
     assert env.tool(create_tfrecords.main, *argv, "--chunk_size", "16") == 0
     return env.tool(create_tfrecords.main, *argv, "--chunk_size", "32")
@@ -118,7 +116,7 @@ def rerun_create_tfrecords_with_another_chunk_size(env):
 def import_hub_id_offline(env):
     """In a new Python with HF_HUB_OFFLINE=1 (huggingface_hub reads it when imported), so that no test run
     downloads the model, whether the machine has a network or not."""
-    done = subprocess.run([sys.executable, "-m", "convert.huggingface", "import", "--hf_dir", "EleutherAI/gpt-neo-125M",
+    done = subprocess.run([sys.executable, "-m", "gpt_neo_mtf.cli.huggingface", "import", "--hf_dir", "EleutherAI/gpt-neo-125M",
                            "--output_dir", env.path("neo")], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, HF_HUB_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="2"))
     sys.stderr.write(done.stderr)
@@ -265,12 +263,12 @@ ROWS = [
         "with a larger vocabulary; raise n_vocab or re-encode the data",
         lambda env: env.main("--model", env.records([[11] * 20 + [60000] + [11] * 12] * 4))),
     Row("check-dataset-no-files", "`check_dataset` glob matching nothing",
-        "`python -m tfrecords_tools.check_dataset \"<dir>/*.tfrecords\"`", "<dir>/*.tfrecords matches no files",
+        "`gpt-neo-check-dataset \"<dir>/*.tfrecords\"`", "<dir>/*.tfrecords matches no files",
         lambda env: env.tool(check_dataset.main, env.path("*.tfrecords"))),
     Row("create-tfrecords-no-input", "`create_tfrecords` input missing",
-        "`python -m tfrecords_tools.create_tfrecords --input_dir <dir>/nothere.jsonl.zst ...`",
+        "`gpt-neo-create-tfrecords --input <dir>/nothere.jsonl.zst ...`",
         "no input files at <dir>/nothere.jsonl.zst (expected files ending in .jsonl.zst, ...)",
-        lambda env: env.tool(create_tfrecords.main, "--input_dir", env.path("nothere.jsonl.zst"),
+        lambda env: env.tool(create_tfrecords.main, "--input", env.path("nothere.jsonl.zst"),
                              "--output_dir", env.path("out"), "--name", "x")),
     Row("create-tfrecords-other-arguments", "`create_tfrecords` rerun with other arguments over complete files",
         "`--chunk_size 32` into an `--output_dir` and `--name` written with `--chunk_size 16`",
@@ -334,25 +332,25 @@ ROWS = [
         train_into_missing_bucket),
     # HuggingFace conversion
     Row("hf-export-untied", "HuggingFace export of a model it cannot hold",
-        "`python -m convert.huggingface export --model tiny.json ...`, tiny.json with `\"no_weight_tie\": true`",
+        "`gpt-neo-hf export --model tiny.json ...`, tiny.json with `\"no_weight_tie\": true`",
         "no_weight_tie: no HuggingFace GPT-Neo equivalent (it always applies the final LayerNorm ln_f and ties "
         "its output to wte; this model has neither)",
         lambda env: env.tool(huggingface.main, "export", "--model", env.config(no_weight_tie=True),
                              "--output_dir", env.path("hf"))),
     Row("hf-export-eos-cut", "HuggingFace export cutting off `eos_id`'s row",
-        "`python -m convert.huggingface export --vocab_size 50000 ...`, `eos_id` 50256",
+        "`gpt-neo-hf export --vocab_size 50000 ...`, `eos_id` 50256",
         "eos_id 50256 has no row in the exported wte of 50000 rows; export at least 50257 rows (--vocab_size)",
         lambda env: env.tool(huggingface.main, "export", "--model", env.trained(), "--vocab_size", "50000",
                              "--output_dir", env.path("hf"))),
     Row("hf-import-hub-offline", "HuggingFace import of a hub id without the hub",
-        "`python -m convert.huggingface import --hf_dir EleutherAI/gpt-neo-125M ...` offline",
+        "`gpt-neo-hf import --hf_dir EleutherAI/gpt-neo-125M ...` offline",
         "EleutherAI/gpt-neo-125M is not a directory here, and downloading it from the HuggingFace hub failed (...); "
         "download it where the hub is reachable (huggingface-cli download EleutherAI/gpt-neo-125M --local-dir DIR) "
         "and give that directory",
         import_hub_id_offline),
     # Other tools
     Row("loss-plot-without-a-run", "loss plot of a directory without a run",
-        "`python -m trainer.loss_plot --model_path <dir>/empty --output loss.png`",
+        "`gpt-neo-loss-plot --model_path <dir>/empty --output loss.png`",
         "no training loss in <dir>/empty: train first (its TensorBoard events hold the loss)",
         lambda env: env.tool(loss_plot.main, "--model_path", env.directory("empty"), "--output", env.path("l.png"))),
 ]

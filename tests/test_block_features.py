@@ -12,15 +12,15 @@ from reference_models import (ACTIVATION_NAMES, NUMPY_ACTIVATION_PARAMS, numpy_a
 from test_model import lowered
 from test_sampling import full_logits, stepped_logits
 
-from convert.huggingface import ConversionError, export_hf, write_checkpoint
-from meshtf import mtf, tf
-from models import dims as names
-from models.activations import ACTIVATIONS, activation
-from models.context import Context
-from models.dims import Dims
-from models.entmax import entmax_loss
-from models.gpt import gpt, token_losses
-from trainer.config import ConfigError
+from gpt_neo_mtf.convert.huggingface import ConversionError, export_hf, write_checkpoint
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models import dims as names
+from gpt_neo_mtf.models.activations import ACTIVATIONS, activation
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.entmax import entmax_loss
+from gpt_neo_mtf.models.gpt import gpt, token_losses
+from gpt_neo_mtf.trainer.config import ConfigError
 
 # Model level: conftest.BASE (2 layers, n_embd 16, 4 heads, vocab 64), 16 positions, window 4.
 SMALL = dict(n_ctx=16, local_attention_radius=4)

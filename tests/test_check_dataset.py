@@ -7,9 +7,9 @@ import struct
 import pytest
 from conftest import run_main
 
-from tfrecords_tools import check_dataset
-from tfrecords_tools.create_tfrecords import create_tfrecords
-from tfrecords_tools.records import RecordWriter
+from gpt_neo_mtf.cli import check_dataset
+from gpt_neo_mtf.tfrecords_tools.create_tfrecords import create_tfrecords
+from gpt_neo_mtf.tfrecords_tools.records import RecordWriter
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample")
 

@@ -9,13 +9,13 @@ import sys
 import numpy as np
 from conftest import REPO, make, run_main
 
-from convert import huggingface
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.entmax import ALPHA
-from models.sampling import PredictConfig, choose
-from trainer.checkpoints import latest_step
+from gpt_neo_mtf.cli import huggingface
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.entmax import ALPHA
+from gpt_neo_mtf.models.sampling import PredictConfig, choose
+from gpt_neo_mtf.trainer.checkpoints import latest_step
 
 ONE_LAYER = ["n_layer=1", "attention_types=[[[\"global\"], 1]]"]
 
@@ -45,7 +45,7 @@ def test_a_run_predicts_and_evaluates_from_its_model_path_alone(make_config, tmp
     assert run_main("--model_path", model_path, "--eval") == 0
     out = capsys.readouterr().out
     assert "SAMPLE 0" in out and "eval at step 1" in out
-    assert huggingface.main(["export", "--checkpoint", model_path, "--output_dir", str(tmp_path / "hf")]) == 0
+    assert huggingface.main(["export", "--model_path", model_path, "--output_dir", str(tmp_path / "hf")]) == 0
     assert json.load(open(tmp_path / "hf" / "config.json"))["num_layers"] == 1
 
 

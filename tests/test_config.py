@@ -13,11 +13,11 @@ import re
 import pytest
 from conftest import REPO
 
-import main
-from trainer.preflight import preflight
-from trainer.config import (CONFIG_DIR, ConfigError, MeshConfig, expand_attention_types, load_config,
-                            parse_layout, parse_mesh_shape, parse_overrides)
-from trainer.hardware import select_hardware
+from gpt_neo_mtf.cli import gpt_neo as main
+from gpt_neo_mtf.trainer.preflight import preflight
+from gpt_neo_mtf.trainer.config import (CONFIG_DIR, ConfigError, MeshConfig, expand_attention_types, load_config,
+                                        parse_layout, parse_mesh_shape, parse_overrides)
+from gpt_neo_mtf.trainer.hardware import select_hardware
 
 
 

@@ -21,12 +21,13 @@ import pytest
 import zstandard
 
 from conftest import REPO, SAMPLE, TINY
-from meshtf import tf
-import storage
-from tfrecords_tools import create_tfrecords as converter
-from tfrecords_tools import records as records_module
-from tfrecords_tools.create_tfrecords import RecordsError, create_tfrecords, main
-from tfrecords_tools.sources import TextOptions
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf import storage
+from gpt_neo_mtf.tfrecords_tools import create_tfrecords as converter
+from gpt_neo_mtf.tfrecords_tools import records as records_module
+from gpt_neo_mtf.cli.create_tfrecords import main
+from gpt_neo_mtf.tfrecords_tools.create_tfrecords import RecordsError, create_tfrecords
+from gpt_neo_mtf.tfrecords_tools.sources import TextOptions
 
 EOS = 50256
 CHUNK = 16
@@ -316,7 +317,7 @@ def test_subdirectory_named_like_an_input_is_not_read(tmp_path, gpt2_tokenizer, 
     (inputs / "sub.jsonl").mkdir()
     write_docs(inputs / "sub.jsonl" / "nested.jsonl", ["not read: directories are not scanned recursively"])
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "--input_dir", inputs, "--output_dir", out, "--name", "s", "--mode", "documents")
+    code, _, err = cli(capsys, "--input", inputs, "--output_dir", out, "--name", "s", "--mode", "documents")
     assert code == 0, err
     manifest, recs = check_directory(out, "s")
     assert recs == [encode(gpt2_tokenizer, "the only document") + [EOS]]
@@ -327,7 +328,7 @@ def test_several_inputs_and_overlapping_globs_are_read_once(tmp_path, gpt2_token
     a = write_docs(tmp_path / "a.jsonl", ["from a"])
     b = write_docs(tmp_path / "b.jsonl", ["from b"])
     out = tmp_path / "out"
-    code = main(["--input_dir", b, str(tmp_path / "*.jsonl"), a, "--output_dir", str(out), "--name", "o",
+    code = main(["--input", b, str(tmp_path / "*.jsonl"), a, "--output_dir", str(out), "--name", "o",
                  "--mode", "documents", "--quiet"])
     assert code == 0
     _, recs = check_directory(out, "o")
@@ -357,7 +358,7 @@ def test_pile_set_name_filter_is_repeatable_and_counted(tmp_path, gpt2_tokenizer
              '{"text": "meta not an object", "meta": 3}\n']
     path = write_lines(tmp_path / "pile.jsonl.zst", lines)
     out = tmp_path / "out"
-    code, stdout, _ = cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "p", "--mode", "documents",
+    code, stdout, _ = cli(capsys, "--input", path, "--output_dir", out, "--name", "p", "--mode", "documents",
                           "--pile_set_name", "Pile-CC", "--pile_set_name", "ArXiv")
     assert code == 0
     manifest, recs = check_directory(out, "p")
@@ -373,7 +374,7 @@ def test_empty_and_whitespace_documents_are_skipped_and_counted(tmp_path, gpt2_t
     path = write_lines(tmp_path / "e.jsonl", lines)
     (tmp_path / "blank.txt").write_text(" \n\n ")
     out = tmp_path / "out"
-    code, stdout, _ = cli(capsys, "--input_dir", path, tmp_path / "blank.txt", "--output_dir", out, "--name", "e",
+    code, stdout, _ = cli(capsys, "--input", path, tmp_path / "blank.txt", "--output_dir", out, "--name", "e",
                           "--mode", "documents")
     assert code == 0
     manifest, recs = check_directory(out, "e")
@@ -400,7 +401,7 @@ def test_skip_bad_lines_skips_and_counts(tmp_path, gpt2_tokenizer, capsys):
     path = write_lines(tmp_path / "bad.jsonl.zst", lines, frames=3)
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait")
     out = tmp_path / "out"
-    code, stdout, err = cli(capsys, "--input_dir", path, tmp_path / "latin1.txt", "--output_dir", out,
+    code, stdout, err = cli(capsys, "--input", path, tmp_path / "latin1.txt", "--output_dir", out,
                             "--name", "s", "--mode", "documents", "--skip_bad_lines")
     assert code == 0, err
     manifest, recs = check_directory(out, "s")
@@ -417,7 +418,7 @@ def test_bad_line_without_skip_names_file_and_line(tmp_path, capsys, kind):
                                                                           json_line("never reached")]
     path = write_lines(tmp_path / "bad.jsonl.zst", lines)
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "b", "--chunk_size", "4",
+    code, _, err = cli(capsys, "--input", path, "--output_dir", out, "--name", "b", "--chunk_size", "4",
                        "--files_per", "2")
     assert code == 2
     line = one_error(err)
@@ -428,7 +429,7 @@ def test_bad_line_without_skip_names_file_and_line(tmp_path, capsys, kind):
 def test_non_utf8_txt_file_is_named(tmp_path, capsys):
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"caf\xe9 au lait " * 10)
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", tmp_path / "out", "--chunk_size", "4")
+    code, _, err = cli(capsys, "--input", path, "--output_dir", tmp_path / "out", "--chunk_size", "4")
     assert code == 2
     line = one_error(err)
     assert str(path) in line and "UTF-8" in line
@@ -437,12 +438,12 @@ def test_non_utf8_txt_file_is_named(tmp_path, capsys):
 def test_lone_surrogate_is_a_bad_line(tmp_path, gpt2_tokenizer, capsys):
     lines = [json_line("good one"), '{"text": "broken \\ud83d emoji"}\n', json_line("good two")]
     path = write_lines(tmp_path / "sur.jsonl", lines)
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", tmp_path / "out", "--mode", "documents")
+    code, _, err = cli(capsys, "--input", path, "--output_dir", tmp_path / "out", "--mode", "documents")
     assert code == 2
     line = one_error(err)
     assert path in line and "line 2" in line
     out = tmp_path / "skipped"
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "s", "--mode", "documents",
+    code, _, err = cli(capsys, "--input", path, "--output_dir", out, "--name", "s", "--mode", "documents",
                        "--skip_bad_lines")
     assert code == 0, err
     manifest, recs = check_directory(out, "s")
@@ -459,7 +460,7 @@ def test_corrupt_zst_names_the_file(tmp_path, capsys):
     bad = tmp_path / "b_bad.jsonl.zst"
     bad.write_bytes(b"this is not zstandard data at all" * 20)
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "--input_dir", good, bad, "--output_dir", out, "--name", "c", "--chunk_size", "8",
+    code, _, err = cli(capsys, "--input", good, bad, "--output_dir", out, "--name", "c", "--chunk_size", "8",
                        "--files_per", "3")
     assert code == 2
     line = one_error(err)
@@ -480,7 +481,7 @@ def test_zst_truncated_mid_line_names_the_file(tmp_path, capsys):
     path = tmp_path / "trunc.jsonl.zst"
     path.write_bytes(data[:len(data) // 2])
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "t", "--chunk_size", "64",
+    code, _, err = cli(capsys, "--input", path, "--output_dir", out, "--name", "t", "--chunk_size", "64",
                        "--files_per", "20")
     assert code == 2
     assert str(path) in one_error(err)
@@ -492,7 +493,7 @@ def test_zst_truncated_inside_a_frame_is_an_error(tmp_path, capsys):
     second = zstandard.ZstdCompressor().compress("".join(big_lines(200, seed=1)).encode())
     path = tmp_path / "trunc.jsonl.zst"
     path.write_bytes(first + second[:len(second) // 2])  # the second frame loses its second half
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", tmp_path / "out", "--chunk_size", "8",
+    code, _, err = cli(capsys, "--input", path, "--output_dir", tmp_path / "out", "--chunk_size", "8",
                        "--skip_bad_lines")
     assert code == 2
     line = one_error(err)
@@ -506,7 +507,7 @@ def test_input_matching_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     for missing in (str(tmp_path / "nothing_*.jsonl.zst"), str(tmp_path / "empty"), str(tmp_path / "other"),
                     str(tmp_path / "missing.jsonl")):
-        code, _, err = cli(capsys, "--input_dir", missing, "--output_dir", out)
+        code, _, err = cli(capsys, "--input", missing, "--output_dir", out)
         assert code == 2
         assert "no input files at %s" % missing in one_error(err)
     assert not os.path.exists(str(out))
@@ -514,7 +515,7 @@ def test_input_matching_nothing(tmp_path, capsys):
 
 def test_glob_matching_an_unsupported_file_is_refused(tmp_path, capsys):
     (tmp_path / "data.json").write_text(json.dumps({"text": "a .json file is not JSON lines"}))
-    code, _, err = cli(capsys, "--input_dir", tmp_path / "data.*", "--output_dir", tmp_path / "out")
+    code, _, err = cli(capsys, "--input", tmp_path / "data.*", "--output_dir", tmp_path / "out")
     assert code == 2
     assert "data.json is not a supported input" in one_error(err)
 
@@ -523,7 +524,7 @@ def test_glob_matching_an_unsupported_file_is_refused(tmp_path, capsys):
 def test_separator_outside_the_vocabulary(tmp_path, capsys, separator):
     path = write_docs(tmp_path / "d.jsonl", ["some text"])
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", out, "--separator", separator)
+    code, _, err = cli(capsys, "--input", path, "--output_dir", out, "--separator", separator)
     assert code == 2
     assert "--separator %s is outside the tokenizer's vocabulary (0..50256)" % separator in one_error(err)
     assert not os.path.exists(str(out))
@@ -533,13 +534,13 @@ def test_separator_outside_the_vocabulary(tmp_path, capsys, separator):
                                         ("--minimum_size", "-1")])
 def test_numbers_out_of_range(tmp_path, capsys, flag, value):
     path = write_docs(tmp_path / "d.jsonl", ["some text"])
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", tmp_path / "out", flag, value)
+    code, _, err = cli(capsys, "--input", path, "--output_dir", tmp_path / "out", flag, value)
     assert code == 2
     assert flag in one_error(err)
 
 
 def test_unknown_mode_and_missing_input_are_usage_errors(tmp_path, capsys):
-    for argv in (["--input_dir", str(tmp_path), "--mode", "lines"], ["--output_dir", str(tmp_path)]):
+    for argv in (["--input", str(tmp_path), "--mode", "lines"], ["--output_dir", str(tmp_path)]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
@@ -558,7 +559,7 @@ def test_help_exits_zero(capsys):
 
 def test_progress_bar_counts_input_bytes_to_their_total(tmp_path, capsys):
     source = os.path.join(SAMPLE, "val.jsonl.zst")
-    assert main(["--input_dir", source, "--output_dir", str(tmp_path / "out"), "--chunk_size", "32"]) == 0
+    assert main(["--input", source, "--output_dir", str(tmp_path / "out"), "--chunk_size", "32"]) == 0
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
     final = [line for line in bar if line.startswith("100%")][-1]
     total = os.path.getsize(source) / 1024
@@ -569,7 +570,7 @@ def test_unwritable_output_dir(tmp_path, capsys):
     path = write_docs(tmp_path / "d.jsonl", ["some text " * 20])
     (tmp_path / "a_file").write_text("a regular file")
     out = tmp_path / "a_file" / "records"
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", out, "--chunk_size", "4")
+    code, _, err = cli(capsys, "--input", path, "--output_dir", out, "--chunk_size", "4")
     assert code == 2
     line = one_error(err)
     assert str(out) in line and "cannot create --output_dir" in line
@@ -578,12 +579,12 @@ def test_unwritable_output_dir(tmp_path, capsys):
 
 def test_too_little_text_for_one_record(tmp_path, capsys):
     path = write_docs(tmp_path / "d.jsonl", ["tiny"])
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", tmp_path / "out", "--chunk_size", "64")
+    code, _, err = cli(capsys, "--input", path, "--output_dir", tmp_path / "out", "--chunk_size", "64")
     assert code == 2
     assert "fewer tokens than one record (65)" in one_error(err)
     assert not [p for p in os.listdir(str(tmp_path / "out")) if ".tfrecords" in p]
     # No file was written, so the smaller --chunk_size the message suggests is not refused.
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", tmp_path / "out", "--chunk_size", "1")
+    code, _, err = cli(capsys, "--input", path, "--output_dir", tmp_path / "out", "--chunk_size", "1")
     assert code == 0, err
     assert read_manifest(tmp_path / "out", "openwebtext")["records"] == 1
 
@@ -595,8 +596,8 @@ def test_too_little_text_for_one_record(tmp_path, capsys):
 def test_manifest_and_files_read_back_with_tensorflow(tmp_path, gpt2_tokenizer, capsys):
     path = write_docs(tmp_path / "docs.jsonl.zst", DOCS)
     out = tmp_path / "out"
-    code, stdout, _ = cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "man", "--chunk_size", CHUNK,
-                          "--files_per", "3", "--encoder_path", "gpt2")
+    code, stdout, _ = cli(capsys, "--input", path, "--output_dir", out, "--name", "man", "--chunk_size", CHUNK,
+                          "--files_per", "3", "--tokenizer", "gpt2")
     assert code == 0
     manifest, recs = check_directory(out, "man")
     assert manifest["arguments"] == {
@@ -675,7 +676,7 @@ def test_bad_line_with_two_processes_stops_cleanly(tmp_path, capsys):
     lines = [json_line("good line number %d" % i) for i in range(1500)] + [b"oops\n"]
     path = write_lines(tmp_path / "b.jsonl", lines)
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "b", "--chunk_size", "4",
+    code, _, err = cli(capsys, "--input", path, "--output_dir", out, "--name", "b", "--chunk_size", "4",
                        "--files_per", "50", "--processes", "2")
     assert code == 2
     assert "%s line 1501" % path in one_error(err)
@@ -714,7 +715,7 @@ def big_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("big_run")
     source, size, odd = big_corpus(root / "big.jsonl.zst", copies=5)
     assert size > 3 << 20  # ~4 MB of JSON lines (~1 MB compressed)
-    flags = ["--input_dir", source, "--name", "big", "--chunk_size", "64", "--files_per", "50",
+    flags = ["--input", source, "--name", "big", "--chunk_size", "64", "--files_per", "50",
              "--pile_set_name", "PythonDocs", "--pile_set_name", "PythonDocstrings", "--skip_bad_lines", "--quiet"]
     clean = root / "clean"
     assert main(flags + ["--output_dir", str(clean)]) == 0
@@ -725,7 +726,7 @@ def run_and_stop(flags, out, name, files, how=signal.SIGKILL):
     """Start the CLI in a session of its own and, once the manifest lists `files` files (it must still
     be running then), send `how` to its process group: kill -9, or SIGINT as a terminal's Ctrl-C sends it
     (to the worker processes too). Returns (the ended process, its stderr, the count of final-named files)."""
-    process = subprocess.Popen([sys.executable, "-m", "tfrecords_tools.create_tfrecords"] + flags, cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "gpt_neo_mtf.cli.create_tfrecords"] + flags, cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
     try:
@@ -778,7 +779,7 @@ def test_ctrl_c_with_two_processes_stops_cleanly_and_the_printed_command_resumes
     # Exit status 130 and one line (no traceback, none from the workers) with the command that resumes:
     # the same, but without --overwrite, which would start over.
     assert process.returncode == 130, err
-    command = shlex.join([sys.executable, "-m", "tfrecords_tools.create_tfrecords"] + resume)
+    command = shlex.join([sys.executable, "-m", "gpt_neo_mtf.cli.create_tfrecords"] + resume)
     assert err.splitlines() == ["interrupted: the complete files in %s are kept; resume with: %s" % (out, command)]
     with pytest.raises(ProcessLookupError):
         os.killpg(process.pid, 0)  # no process of the run is left: the workers ended with it
@@ -898,7 +899,7 @@ def test_ctrl_c_during_a_rename_and_its_manifest_update_waits_for_both(tmp_path,
 def test_rerun_of_a_complete_run_changes_nothing(tmp_path, capsys):
     path = write_docs(tmp_path / "d.jsonl", DOCS)
     out = tmp_path / "out"
-    flags = ["--input_dir", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK, "--files_per", "2"]
+    flags = ["--input", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK, "--files_per", "2"]
     assert cli(capsys, *flags)[0] == 0
     before = directory_bytes(out)
     times = {p: os.stat(os.path.join(str(out), p)).st_mtime_ns for p in before}
@@ -913,7 +914,7 @@ def test_rerun_of_a_complete_run_changes_nothing(tmp_path, capsys):
 def test_rerun_with_other_arguments_is_refused_until_overwrite(tmp_path, capsys, change):
     path = write_docs(tmp_path / "d.jsonl", DOCS)
     out = tmp_path / "out"
-    flags = ["--input_dir", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK, "--files_per", "2"]
+    flags = ["--input", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK, "--files_per", "2"]
     assert cli(capsys, *flags)[0] == 0
     # Files --overwrite leaves alone: another name's, and names that only look like c's.
     others = {"cd_0_5.tfrecords": b"run cd", "cd.manifest.json": b"{}", "c_0_2.tfrecords.bak": b"a copy",
@@ -944,7 +945,7 @@ def test_records_without_a_manifest_are_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "c_0_5.tfrecords").write_bytes(b"from another run")
-    flags = ["--input_dir", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK]
+    flags = ["--input", path, "--output_dir", out, "--name", "c", "--chunk_size", CHUNK]
     code, _, err = cli(capsys, *flags)
     assert code == 2
     assert one_error(err) == (
@@ -952,7 +953,7 @@ def test_records_without_a_manifest_are_refused(tmp_path, capsys):
         "delete this --name's files and start over, or choose another --output_dir or --name" % out)
     assert os.listdir(str(out)) == ["c_0_5.tfrecords"]
     # Another --name in the same directory is fine.
-    assert cli(capsys, "--input_dir", path, "--output_dir", out, "--name", "d", "--chunk_size", CHUNK)[0] == 0
+    assert cli(capsys, "--input", path, "--output_dir", out, "--name", "d", "--chunk_size", CHUNK)[0] == 0
     with pytest.raises(RecordsError):
         create_tfrecords(path, str(out), "gpt2", name="c", chunk_size=CHUNK)
     # A file of the name c_1 matches c's dataset glob: --overwrite does not delete it, and is refused.
@@ -979,7 +980,7 @@ def test_a_run_that_completed_no_file_does_not_lock_the_output(tmp_path, capsys,
     lines = [json_line("good line number %d" % i) for i in range(20)] + [b"oops\n", json_line("after it")]
     path = write_lines(tmp_path / "b.jsonl", lines)
     out = tmp_path / "out"
-    flags = ["--input_dir", path, "--output_dir", out, "--name", "b", "--chunk_size", "4"]
+    flags = ["--input", path, "--output_dir", out, "--name", "b", "--chunk_size", "4"]
     code, _, err = cli(capsys, *flags)
     assert code == 2 and "line 21" in one_error(err) and "--skip_bad_lines" in one_error(err)
     assert read_manifest(out, "b")["files"] == []
@@ -1006,7 +1007,7 @@ def test_bad_line_after_complete_files_resumes_with_skip_bad_lines(tmp_path, cap
              + [json_line("line after the bad one, %d" % i) for i in range(300)])
     path = write_lines(tmp_path / "b.jsonl", lines)
     out = tmp_path / "out"
-    flags = ["--input_dir", path, "--output_dir", out, "--name", "b", "--chunk_size", "4", "--files_per", "50"]
+    flags = ["--input", path, "--output_dir", out, "--name", "b", "--chunk_size", "4", "--files_per", "50"]
     code, _, err = cli(capsys, *flags)
     assert code == 2 and "line 1501" in one_error(err)
     assert not [p for p in os.listdir(str(out)) if p.endswith(".incomplete")]  # the file being written is deleted
@@ -1033,7 +1034,7 @@ def test_skip_bad_lines_is_dropped_on_resume_only_while_no_line_was_skipped(tmp_
     lines = ([json_line("good line number %d" % i) for i in range(600)] + [b"oops\n"]
              + [json_line("line after the bad one, %d" % i) for i in range(600)])
     path = write_lines(tmp_path / "b.jsonl", lines)
-    flags = ["--input_dir", path, "--name", "b", "--chunk_size", "4", "--files_per", "50"]
+    flags = ["--input", path, "--name", "b", "--chunk_size", "4", "--files_per", "50"]
 
     def interrupted_run(out, records):
         """A --skip_bad_lines run interrupted as its `records`th record is written."""
@@ -1082,7 +1083,7 @@ def test_rerun_after_fixing_a_corrupt_input(tmp_path, capsys, broken):
         write_lines(inputs / (name + (".jsonl.gz" if name == broken else ".jsonl.zst")), lines)
     os.rename(str(inputs / (broken + ".jsonl.gz")), str(inputs / (broken + ".jsonl.zst")))
     out = tmp_path / "out"
-    flags = ["--input_dir", inputs, "--output_dir", out, "--name", "c", "--chunk_size", "16", "--files_per", "20"]
+    flags = ["--input", inputs, "--output_dir", out, "--name", "c", "--chunk_size", "16", "--files_per", "20"]
     code, _, err = cli(capsys, *flags)
     assert code == 2 and "%s.jsonl.zst is corrupt" % broken in one_error(err)
     stopped = read_manifest(out, "c")
@@ -1104,21 +1105,21 @@ def test_rerun_after_fixing_a_corrupt_input(tmp_path, capsys, broken):
 
 
 def test_write_dataset_config_for_train_and_eval_and_train_with_it(tmp_path, monkeypatch, capsys):
-    from inputs.sequential import dataset, training_files
-    from trainer.config import load_config, load_dataset_config
+    from gpt_neo_mtf.inputs.sequential import dataset, training_files
+    from gpt_neo_mtf.trainer.config import load_config, load_dataset_config
 
     monkeypatch.chdir(str(tmp_path))  # relative output dirs become absolute globs
     configs = tmp_path / "dataset_configs"
     configs.mkdir()
     config_path = configs / "mine.json"
     common = ["--name", "mine", "--chunk_size", "32", "--files_per", "40", "--write_dataset_config", config_path]
-    assert cli(capsys, "--input_dir", os.path.join(SAMPLE, "train.jsonl.zst"), "--output_dir", "records/train",
+    assert cli(capsys, "--input", os.path.join(SAMPLE, "train.jsonl.zst"), "--output_dir", "records/train",
                *common)[0] == 0
     written = json.loads(config_path.read_text())
     train_glob = os.path.join(os.getcwd(), "records", "train", "mine_*.tfrecords")
     assert written == {"path": train_glob, "n_vocab": 50257, "tokenizer_path": "gpt2",
                        "tokenizer_is_pretrained": True, "eos_id": EOS, "padding_id": 50257}
-    assert cli(capsys, "--input_dir", os.path.join(SAMPLE, "val.jsonl.zst"), "--output_dir", "records/val",
+    assert cli(capsys, "--input", os.path.join(SAMPLE, "val.jsonl.zst"), "--output_dir", "records/val",
                "--dataset_split", "eval", *common)[0] == 0
     written = json.loads(config_path.read_text())
     eval_glob = os.path.join(os.getcwd(), "records", "val", "mine_*.tfrecords")
@@ -1148,7 +1149,7 @@ def test_write_dataset_config_for_train_and_eval_and_train_with_it(tmp_path, mon
 
     # A dataset config for another tokenizer is not overwritten.
     (configs / "other.json").write_text(json.dumps({"n_vocab": 32000, "eos_id": 2}))
-    code, _, err = cli(capsys, "--input_dir", os.path.join(SAMPLE, "val.jsonl.zst"), "--output_dir",
+    code, _, err = cli(capsys, "--input", os.path.join(SAMPLE, "val.jsonl.zst"), "--output_dir",
                        "records/val", "--name", "mine", "--chunk_size", "32", "--files_per", "40",
                        "--write_dataset_config", configs / "other.json")
     assert code == 2
@@ -1158,7 +1159,7 @@ def test_write_dataset_config_for_train_and_eval_and_train_with_it(tmp_path, mon
 
 def test_dataset_config_in_a_missing_directory_is_one_error(tmp_path, capsys):
     target = tmp_path / "no_such_dir" / "mine.json"
-    code, _, err = cli(capsys, "--input_dir", os.path.join(SAMPLE, "val.jsonl.zst"), "--output_dir",
+    code, _, err = cli(capsys, "--input", os.path.join(SAMPLE, "val.jsonl.zst"), "--output_dir",
                        tmp_path / "out", "--chunk_size", "32", "--write_dataset_config", target)
     assert code == 2
     assert str(target) in one_error(err)

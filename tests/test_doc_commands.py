@@ -17,7 +17,7 @@ import sys
 import pytest
 from conftest import REPO, SAMPLE
 
-from tfrecords_tools import create_tfrecords
+from gpt_neo_mtf.cli import create_tfrecords
 
 DOCS = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
 NOT_RUN = re.compile(r"^<!-- not run by tests: (.*\S) -->$")
@@ -52,7 +52,7 @@ def sample_records(tmp_path_factory):
     """build/sample/{train,val} as `make demo` makes them (the Makefile's create_tfrecords arguments)."""
     root = str(tmp_path_factory.mktemp("doc_sample"))
     for split, source in (("train", "train"), ("val", "val")):
-        assert create_tfrecords.main(["--input_dir", os.path.join(SAMPLE, source + ".jsonl.zst"), "--output_dir",
+        assert create_tfrecords.main(["--input", os.path.join(SAMPLE, source + ".jsonl.zst"), "--output_dir",
                                       os.path.join(root, split), "--name", "sample", "--chunk_size", "128",
                                       "--files_per", "500", "--quiet"]) == 0
     return root

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import REPO, make, run_main, scalars
 
-from meshtf import mtf, tf
-from trainer.hardware import Hardware, mesh_implementation
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.trainer.hardware import Hardware, mesh_implementation
 
 DROPOUT = dict(embed_dropout=0.1, attn_dropout=0.1, res_dropout=0.1)
 

@@ -12,13 +12,13 @@ from reference_models import numpy_gpt_neo_logits, numpy_token_losses
 from test_model import v3_8_context
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 
-from inputs.lambada import URL
-from inputs.pipeline import input_fn_for
-from meshtf import tf
-from trainer.config import ConfigError, load_config
-from trainer.evaluation import token_byte_lengths
-from trainer.hardware import Hardware
-from trainer.model_fn import build_model_fn
+from gpt_neo_mtf.inputs.lambada import URL
+from gpt_neo_mtf.inputs.pipeline import input_fn_for
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.config import ConfigError, load_config
+from gpt_neo_mtf.trainer.evaluation import token_byte_lengths
+from gpt_neo_mtf.trainer.hardware import Hardware
+from gpt_neo_mtf.trainer.model_fn import build_model_fn
 
 # Passages in the style of the sample corpus (Python documentation). The last one's word is several
 # tokens long; the long one exceeds n_ctx + 1 = 33 tokens, so it is cut from the left.

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 from conftest import REPO, checkpoint_logits, run_main
 
-from convert import huggingface as hf
-from convert.huggingface import BFLOAT16
-from meshtf import tf
-from trainer.config import load_config
+from gpt_neo_mtf.convert import huggingface as hf
+from gpt_neo_mtf.convert.huggingface import BFLOAT16
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.config import load_config
 
 
 def documented_snippet(page=os.path.join(REPO, "docs", "sampling-and-export.md")):

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from conftest import make, placement, run_main, scalars
 
-import main
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt
-from models.attention import attention_masks
-from trainer import flops
-from trainer.config import load_config
-from trainer.hardware import Hardware
-from trainer.preflight import preflight
+from gpt_neo_mtf.cli import gpt_neo as main
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.gpt import gpt
+from gpt_neo_mtf.models.attention import attention_masks
+from gpt_neo_mtf.trainer import flops
+from gpt_neo_mtf.trainer.config import load_config
+from gpt_neo_mtf.trainer.hardware import Hardware
+from gpt_neo_mtf.trainer.preflight import preflight
 
 # conftest.BASE: 2 layers (local, global), n_embd 16, n_vocab 64; here n_ctx 32 and a window of 8.
 SMALL = dict(n_ctx=32, local_attention_radius=8)

@@ -11,9 +11,9 @@ import pytest
 from conftest import SAMPLE, run_main, scalars
 from test_resilience import EVERY, Training, assert_losses_repeat, model_path, train_config
 
-from meshtf import tf
-from tfrecords_tools import create_tfrecords
-from trainer.checkpoints import latest_step
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.cli import create_tfrecords
+from gpt_neo_mtf.trainer.checkpoints import latest_step
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a Python version:FutureWarning")  # google-api-core
 
@@ -34,8 +34,8 @@ def object_names(client, prefix):
 
 
 def convert(input_path, output_dir):
-    return create_tfrecords.main(["--input_dir", input_path, "--output_dir", output_dir, "--name", "sample",
-                                  "--encoder_path", "gpt2", "--chunk_size", "32", "--files_per", "300"])
+    return create_tfrecords.main(["--input", input_path, "--output_dir", output_dir, "--name", "sample",
+                                  "--tokenizer", "gpt2", "--chunk_size", "32", "--files_per", "300"])
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,14 @@ from gcs_emulator import small_receive_buffers
 from safetensors.numpy import load_file
 from transformers import AutoTokenizer, GenerationConfig, GPTNeoConfig, GPTNeoForCausalLM, pipeline
 
-from convert import huggingface as hf
-from inputs.tokenizer import load_tokenizer, tokenizer_for
-from meshtf import tf
-from tfrecords_tools import train_tokenizer
-from tfrecords_tools.create_tfrecords import create_tfrecords
-from trainer.config import ConfigError, load_config
+from gpt_neo_mtf.cli import huggingface as hf_command
+from gpt_neo_mtf.cli import train_tokenizer as train_tokenizer_command
+from gpt_neo_mtf.convert import huggingface as hf
+from gpt_neo_mtf.inputs.tokenizer import load_tokenizer, tokenizer_for
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.tfrecords_tools import train_tokenizer
+from gpt_neo_mtf.tfrecords_tools.create_tfrecords import create_tfrecords
+from gpt_neo_mtf.trainer.config import ConfigError, load_config
 
 # What export writes for a config whose dataset reads the GPT-2 tokenizer.
 GPT2_EXPORT = ["config.json", "generation_config.json", "merges.txt", "model.safetensors", "special_tokens_map.json",
@@ -245,7 +247,7 @@ def test_padded_vocab_export_cuts_wte_rows_and_reads_bfloat16_masters(make_confi
 
 
 def cli_error(capsys, *argv):
-    assert hf.main(list(argv)) == 2
+    assert hf_command.main(list(argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
@@ -256,29 +258,29 @@ def test_cli_errors(make_config, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no checkpoint in %s" % empty in cli_error(capsys, "export", "--model", config_path,
-                                                       "--checkpoint", str(empty), "--output_dir", "x")
+                                                       "--model_path", str(empty), "--output_dir", "x")
     assert "does not exist" in cli_error(capsys, "export", "--model", str(tmp_path / "nope.json"), "--output_dir", "x")
     lacking = random_checkpoint(str(tmp_path / "lacking" / "model.ckpt"), skip=("gpt2/ln_f/b",))
     assert "lacks variable gpt2/ln_f/b" in cli_error(capsys, "export", "--model", config_path,
-                                                     "--checkpoint", lacking, "--output_dir", "x")
+                                                     "--model_path", lacking, "--output_dir", "x")
     short = random_checkpoint(str(tmp_path / "short" / "model.ckpt"), n_ctx=32)
     assert "variable gpt2/wpe has shape [32, 32] in checkpoint" in cli_error(
-        capsys, "export", "--model", config_path, "--checkpoint", short, "--output_dir", "x")
+        capsys, "export", "--model", config_path, "--model_path", short, "--output_dir", "x")
     good = random_checkpoint(str(tmp_path / "good" / "model.ckpt"))
     assert "vocab_size 60000 is out of range" in cli_error(
-        capsys, "export", "--model", config_path, "--checkpoint", good, "--output_dir", "x", "--vocab_size", "60000")
+        capsys, "export", "--model", config_path, "--model_path", good, "--output_dir", "x", "--vocab_size", "60000")
     assert "eos_id 50256 has no row in the exported wte of 50000 rows; export at least 50257 rows" in cli_error(
-        capsys, "export", "--model", config_path, "--checkpoint", good, "--output_dir", "x", "--vocab_size", "50000")
+        capsys, "export", "--model", config_path, "--model_path", good, "--output_dir", "x", "--vocab_size", "50000")
     padded = random_checkpoint(str(tmp_path / "padded" / "model.ckpt"), n_vocab=50304)
     dataset_config = tmp_path / "dataset_configs" / "sample.json"
     dataset_config.write_text(json.dumps(dict(json.loads(dataset_config.read_text()), padding_id=50300)))
     assert "eos_id 50256 or padding_id 50300 is not a token of tokenizer gpt2" in cli_error(
-        capsys, "export", "--model", config_path, "--checkpoint", padded, "--output_dir", "x", "n_vocab=50304")
+        capsys, "export", "--model", config_path, "--model_path", padded, "--output_dir", "x", "n_vocab=50304")
     dataset_config.write_text(json.dumps(dict(json.loads(dataset_config.read_text()), padding_id=50256)))
     assert not os.path.exists("x")
 
     exported = tmp_path / "hf"
-    assert hf.main(["export", "--model", config_path, "--checkpoint", good, "--output_dir", str(exported)]) == 0
+    assert hf_command.main(["export", "--model", config_path, "--model_path", good, "--output_dir", str(exported)]) == 0
     capsys.readouterr()
     hf_config = json.loads((exported / "config.json").read_text())
 
@@ -304,10 +306,10 @@ def test_cli_errors(make_config, tmp_path, capsys):
     assert "activation_function 'gelu' is not supported" in import_error(hf_dir("erf", activation_function="gelu"))
     assert "tensor transformer.wte.weight has shape [50257, 32] in" in import_error(hf_dir("wider", hidden_size=64))
     assert "attention_types expand to 2 layers but num_layers is 3" in import_error(hf_dir("deeper", num_layers=3))
-    assert hf.main(["import", "--hf_dir", str(exported), "--output_dir", str(tmp_path / "out")]) == 0
+    assert hf_command.main(["import", "--hf_dir", str(exported), "--output_dir", str(tmp_path / "out")]) == 0
     assert "already holds a checkpoint" in import_error(str(exported))
     with pytest.raises(SystemExit) as exit_:
-        hf.main(["import", "--hf_dir", str(exported), "--output_dir", "y", "--dtype", "float16"])
+        hf_command.main(["import", "--hf_dir", str(exported), "--output_dir", "y", "--dtype", "float16"])
     assert exit_.value.code == 2
 
 
@@ -323,7 +325,7 @@ def test_export_runs_on_any_machine_whatever_the_training_mesh(tmp_path, capsys)
         load_config(str(config_path))
     checkpoint = random_checkpoint(str(tmp_path / "model" / "model.ckpt"))
 
-    assert hf.main(["export", "--model", str(config_path), "--output_dir", str(tmp_path / "hf")]) == 0
+    assert hf_command.main(["export", "--model", str(config_path), "--output_dir", str(tmp_path / "hf")]) == 0
     assert "exported %s" % checkpoint in capsys.readouterr().out
     exported = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (exported["hidden_size"], exported["num_layers"], exported["window_size"]) == (32, 2, 256)
@@ -361,12 +363,12 @@ def test_cli_round_trip_runs_without_torch(make_config, tmp_path):
     checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
 
     def convert(*argv):
-        result = subprocess.run([sys.executable, "-m", "convert.huggingface", *argv], cwd=REPO, env=env,
+        result = subprocess.run([sys.executable, "-m", "gpt_neo_mtf.cli.huggingface", *argv], cwd=REPO, env=env,
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
-    assert "exported" in convert("export", "--model", config_path, "--checkpoint", checkpoint,
+    assert "exported" in convert("export", "--model", config_path, "--model_path", checkpoint,
                                  "--output_dir", str(tmp_path / "hf"))
     assert "imported" in convert("import", "--hf_dir", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "back"))
     original = checkpoint_variables(checkpoint)
@@ -481,7 +483,7 @@ def trained_tokenizer_model(tmp_path_factory):
     samples at temperature 0.7 with top_k 5 and top_p 0.9, up to n_ctx."""
     root = tmp_path_factory.mktemp("trained_tokenizer_model")
     corpus = os.path.join(SAMPLE, "train.jsonl.zst")
-    assert train_tokenizer.main(["--input", corpus, "--output_dir", str(root / "tokenizer"),
+    assert train_tokenizer_command.main(["--input", corpus, "--output_dir", str(root / "tokenizer"),
                                  "--vocab_size", "1000"]) == 0
     path = train_tokenizer.tokenizer_path(str(root / "tokenizer"))
     create_tfrecords(corpus, str(root / "records" / "train"), path, name="data", chunk_size=TINY_HF["n_ctx"],
@@ -507,7 +509,7 @@ def test_pipeline_and_autotokenizer_offline_equal_predict_and_our_tokenizer(kind
                     *predict_flags) == 0
     [ours] = [json.loads(line) for line in open(out + ".jsonl")]
     exported = tmp_path / "hf"
-    assert hf.main(["export", "--model", config_path, "--output_dir", str(exported)]) == 0
+    assert hf_command.main(["export", "--model", config_path, "--output_dir", str(exported)]) == 0
     assert json.loads((exported / "generation_config.json").read_text()) == generation_config
 
     theirs = offline_call(tmp_path, transformers_view, str(exported), PROMPT, generate, ENCODED, kind == "gpt2")
@@ -557,7 +559,7 @@ def test_export_without_a_dataset_writes_no_tokenizer_and_says_so(make_config, t
     config_path = make_config("no_data", **TINY_HF)
     checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
     exported = tmp_path / "hf"
-    assert hf.main(["export", "--model", config_path, "--checkpoint", checkpoint, "--output_dir", str(exported),
+    assert hf_command.main(["export", "--model", config_path, "--model_path", checkpoint, "--output_dir", str(exported),
                     "no_dataset=true", "datasets=[]"]) == 0
     assert sorted(os.listdir(str(exported))) == ["config.json", "generation_config.json", "model.safetensors"]
     out = capsys.readouterr().out.splitlines()
@@ -657,7 +659,7 @@ def test_import_of_a_hub_id(make_config, tmp_path, capsys, monkeypatch):
     checkpoint = random_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"))
     hf.export_hf(checkpoint, config, str(tmp_path / "EleutherAI" / "gpt-neo-tiny"))
     monkeypatch.chdir(tmp_path)
-    assert hf.main(["import", "--hf_dir", "EleutherAI/gpt-neo-tiny", "--output_dir", "imported"]) == 0
+    assert hf_command.main(["import", "--hf_dir", "EleutherAI/gpt-neo-tiny", "--output_dir", "imported"]) == 0
     assert "imported EleutherAI/gpt-neo-tiny to imported/model.ckpt-0" in capsys.readouterr().out
     assert checkpoint_variables("imported/model.ckpt-0")["gpt2/wte"][2].tobytes() == \
         checkpoint_variables(checkpoint)["gpt2/wte"][2].tobytes()
@@ -665,7 +667,7 @@ def test_import_of_a_hub_id(make_config, tmp_path, capsys, monkeypatch):
     message = ("error: EleutherAI/gpt-neo-125M is not a directory here, and downloading it from the HuggingFace hub "
                "failed (%s); download it where the hub is reachable (huggingface-cli download "
                "EleutherAI/gpt-neo-125M --local-dir DIR) and give that directory")
-    done = subprocess.run([sys.executable, "-m", "convert.huggingface", "import", "--hf_dir", "EleutherAI/gpt-neo-125M",
+    done = subprocess.run([sys.executable, "-m", "gpt_neo_mtf.cli.huggingface", "import", "--hf_dir", "EleutherAI/gpt-neo-125M",
                            "--output_dir", str(tmp_path / "neo")], cwd=REPO, env=offline_env(tmp_path),
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from conftest import run_main, scalars, write_dataset_config
 
-from inputs import generic_text
-from inputs.pipeline import DATA_STATE, input_fn_for
-from inputs.sequential import DataError
-from meshtf import tf
-from tfrecords_tools.create_tfrecords import create_tfrecords
-from tfrecords_tools.records import RecordWriter
-from trainer.config import ConfigError, DatasetEntry, load_config
+from gpt_neo_mtf.inputs import generic_text
+from gpt_neo_mtf.inputs.pipeline import DATA_STATE, input_fn_for
+from gpt_neo_mtf.inputs.sequential import DataError
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.tfrecords_tools.create_tfrecords import create_tfrecords
+from gpt_neo_mtf.tfrecords_tools.records import RecordWriter
+from gpt_neo_mtf.trainer.config import ConfigError, DatasetEntry, load_config
 
 EOS = 50256  # eos_id of the dataset configs make_config writes
 N_CTX = 16

@@ -6,11 +6,11 @@ import random
 import numpy as np
 import pytest
 
-from inputs.pipeline import input_fn_for
-from inputs.sequential import (DataError, dataset, natural_sort_key, record_count, resume_position,
-                               training_files)
-from meshtf import tf
-from trainer.config import DataConfig, DatasetConfig, DatasetEntry, load_config
+from gpt_neo_mtf.inputs.pipeline import input_fn_for
+from gpt_neo_mtf.inputs.sequential import (DataError, dataset, natural_sort_key, record_count, resume_position,
+                                           training_files)
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.config import DataConfig, DatasetConfig, DatasetEntry, load_config
 
 
 # ---------------------------------------------------------------------------------------------

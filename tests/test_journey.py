@@ -26,8 +26,9 @@ import sys
 import pytest
 from conftest import REPO, SAMPLE, run_main
 
-from convert import huggingface
-from tfrecords_tools import create_tfrecords, train_tokenizer
+from gpt_neo_mtf.cli import create_tfrecords, huggingface
+from gpt_neo_mtf.cli import train_tokenizer as train_tokenizer_command
+from gpt_neo_mtf.tfrecords_tools import train_tokenizer
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.json")))
 NAMES = [os.path.splitext(os.path.basename(path))[0] for path in CONFIGS]
@@ -83,8 +84,8 @@ def make_data(root, tokenizer):
     os.makedirs(os.path.dirname(config))
     for split, source in (("train", "train"), ("eval", "val")):
         assert create_tfrecords.main([
-            "--input_dir", os.path.join(SAMPLE, source + ".jsonl.zst"), "--output_dir", os.path.join(root, split),
-            "--name", "data", "--chunk_size", str(N_CTX), "--encoder_path", tokenizer, "--files_per", "200",
+            "--input", os.path.join(SAMPLE, source + ".jsonl.zst"), "--output_dir", os.path.join(root, split),
+            "--name", "data", "--chunk_size", str(N_CTX), "--tokenizer", tokenizer, "--files_per", "200",
             "--write_dataset_config", config, "--dataset_split", split, "--quiet"]) == 0
     for dataset_id in DATASET_IDS:
         shutil.copy(config, os.path.join(root, "dataset_configs", dataset_id + ".json"))
@@ -103,7 +104,7 @@ def data(tmp_path_factory):
     assert (written["tokenizer_is_pretrained"], written["n_vocab"], written["eos_id"], written["padding_id"]) == \
         (True, 50257, 50256, 50257)
     trained = str(tmp_path_factory.mktemp("trained_kind"))
-    assert train_tokenizer.main(["--input_dir", os.path.join(SAMPLE, "train.jsonl.zst"), "--output_dir",
+    assert train_tokenizer_command.main(["--input", os.path.join(SAMPLE, "train.jsonl.zst"), "--output_dir",
                                  os.path.join(trained, "tokenizer"), "--vocab_size", str(TRAINED_VOCAB)]) == 0
     written = make_data(trained, os.path.join(trained, "tokenizer", train_tokenizer.TOKENIZER_FILE))
     assert written["tokenizer_is_pretrained"] is False and written["n_vocab"] <= TRAINED_VOCAB

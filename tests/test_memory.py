@@ -12,15 +12,15 @@ import pytest
 from conftest import make, placement
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 
-from meshtf import mtf, tf
-from models.dims import Dims
-from trainer.config import ConfigError, load_config
-from trainer.hardware import Hardware
-from trainer.memory import GiB, USABLE, DeviceMemory, estimate, largest_microbatch, lifetimes
-from trainer.model_fn import build_model_fn
-from trainer.optimizer import minimize
-from trainer.preflight import Device, device_of, gpu_memory, preflight
-from trainer.step import loss_and_gradients, nodes, symbolic
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.trainer.config import ConfigError, load_config
+from gpt_neo_mtf.trainer.hardware import Hardware
+from gpt_neo_mtf.trainer.memory import GiB, USABLE, DeviceMemory, estimate, largest_microbatch, lifetimes
+from gpt_neo_mtf.trainer.model_fn import build_model_fn
+from gpt_neo_mtf.trainer.optimizer import minimize
+from gpt_neo_mtf.trainer.preflight import Device, device_of, gpu_memory, preflight
+from gpt_neo_mtf.trainer.step import loss_and_gradients, nodes, symbolic
 
 DEVICES = 8
 

@@ -11,12 +11,12 @@ from conftest import BASE, make, placement, randomize_and_run, run_main, scalars
 from reference_models import attention_mask, numpy_gpt_neo_logits, numpy_token_losses
 from test_input_modes import write_file
 
-from inputs.pipeline import input_fn_for
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt_losses
-from trainer.config import ConfigError, load_config
+from gpt_neo_mtf.inputs.pipeline import input_fn_for
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.gpt import gpt_losses
+from gpt_neo_mtf.trainer.config import ConfigError, load_config
 
 N_CTX = 32
 RECORDS = 64

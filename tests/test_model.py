@@ -10,16 +10,16 @@ from tensorflow_estimator.python.estimator.tpu.tpu_config import InputPipelineCo
 from tensorflow.python.tpu import device_assignment as device_assignment_lib
 from tensorflow.python.tpu import topology as topology_lib
 
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt_losses
-from models.attention import local_block_length
-from trainer.config import load_config
-from trainer.estimator import build_estimator
-from trainer.hardware import Hardware
-from trainer.model_fn import build_model_fn
-from trainer.preflight import preflight
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.gpt import gpt_losses
+from gpt_neo_mtf.models.attention import local_block_length
+from gpt_neo_mtf.trainer.config import load_config
+from gpt_neo_mtf.trainer.estimator import build_estimator
+from gpt_neo_mtf.trainer.hardware import Hardware
+from gpt_neo_mtf.trainer.model_fn import build_model_fn
+from gpt_neo_mtf.trainer.preflight import preflight
 
 def lowered(config, ids, labels, mesh_impl):
     """Build the model on `mesh_impl`; return (lowering, logits, loss, {variable name: gradient})."""

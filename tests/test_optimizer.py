@@ -5,9 +5,9 @@ import math
 import pytest
 from conftest import run_main, scalars
 
-from meshtf import tf
-from trainer.config import TrainConfig
-from trainer.optimizer import AdamWeightDecay, learning_rate
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.config import TrainConfig
+from gpt_neo_mtf.trainer.optimizer import AdamWeightDecay, learning_rate
 
 
 def schedule(step, **keys):

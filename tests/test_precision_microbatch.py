@@ -7,12 +7,12 @@ import pytest
 from conftest import make, placement, randomize_and_run, run_main, scalars
 from test_model import tpu_training_step_ops
 
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt_losses
-from trainer.config import ConfigError, microbatches
-from trainer.optimizer import loss_and_gradients
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.gpt import gpt_losses
+from gpt_neo_mtf.trainer.config import ConfigError, microbatches
+from gpt_neo_mtf.trainer.optimizer import loss_and_gradients
 
 
 def lowered_step(config, ids, devices):

@@ -11,11 +11,11 @@ import pytest
 from conftest import run_main
 from reference_models import hf_model_from_mesh_tf_checkpoint
 
-from convert.huggingface import export_hf
-from inputs.tokenizer import load_tokenizer
-from meshtf import tf
-from trainer.config import ConfigError, load_config
-from trainer.predict import write_samples
+from gpt_neo_mtf.convert.huggingface import export_hf
+from gpt_neo_mtf.inputs.tokenizer import load_tokenizer
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.config import ConfigError, load_config
+from gpt_neo_mtf.trainer.predict import write_samples
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_samples_that_cannot_be_written_anywhere_are_pointed_to_in_the_output(tm
 
 
 def test_continuation_cuts_at_eos_and_limit():
-    from trainer.predict import continuation
+    from gpt_neo_mtf.trainer.predict import continuation
     ids = np.array([7, 8, 9, 1, 2, 50256, 4, 0])
     assert continuation(ids, 3, 8, None, 50256) == ([1, 2], "eos")
     assert continuation(ids, 3, 8, 2, 50256) == ([1, 2], "length")

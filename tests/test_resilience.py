@@ -19,12 +19,12 @@ from conftest import REPO, TINY, make, run_main, scalar_events, scalars, write_d
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from test_model import v3_8_context
 
-from meshtf import tf
-from trainer.checkpoints import CheckpointError, incomplete, latest_checkpoint, latest_step
-from trainer.config import ConfigError
-from trainer.guards import EXIT_STOPPED, SignalStop
-from trainer.hardware import Hardware
-from trainer.model_fn import build_model_fn
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.checkpoints import CheckpointError, incomplete, latest_checkpoint, latest_step
+from gpt_neo_mtf.trainer.config import ConfigError
+from gpt_neo_mtf.trainer.guards import EXIT_STOPPED, SignalStop
+from gpt_neo_mtf.trainer.hardware import Hardware
+from gpt_neo_mtf.trainer.model_fn import build_model_fn
 
 STEPS = 24
 EVERY = 5  # --steps_per_checkpoint

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from conftest import make, placement, randomize_and_run
 
-from meshtf import mtf, tf
-from models.attention import decode_state
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt, gpt_step, gpt_with_cache
-from models.sampling import PredictConfig, generate, restrict
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.attention import decode_state
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.gpt import gpt, gpt_step, gpt_with_cache
+from gpt_neo_mtf.models.sampling import PredictConfig, generate, restrict
 
 
 def full_logits(config, ids):

@@ -7,8 +7,8 @@ import pytest
 from conftest import REPO, checkpoint_logits, run_main, scalars
 from reference_models import hf_logits_from_mesh_tf_checkpoint
 
-from meshtf import tf
-from trainer.config import load_config
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.config import load_config
 
 
 def losses(model_path):

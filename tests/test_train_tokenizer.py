@@ -12,16 +12,17 @@ import pytest
 from tokenizers.pre_tokenizers import ByteLevel
 
 from conftest import REPO, SAMPLE
-from inputs.tokenizer import END_OF_TEXT, PADDING, load_tokenizer
-from meshtf import tf
-from tfrecords_tools import train_tokenizer as tt
+from gpt_neo_mtf.inputs.tokenizer import END_OF_TEXT, PADDING, load_tokenizer
+from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.cli import train_tokenizer as tt_command
+from gpt_neo_mtf.tfrecords_tools import train_tokenizer as tt
 
 TRAIN = os.path.join(SAMPLE, "train.jsonl.zst")
 VOCAB = 1000
 
 
 def train(output_dir, *flags, inputs=(TRAIN,), vocab_size=VOCAB):
-    return tt.main(["--input", *inputs, "--output_dir", str(output_dir), "--vocab_size", str(vocab_size), *flags])
+    return tt_command.main(["--input", *inputs, "--output_dir", str(output_dir), "--vocab_size", str(vocab_size), *flags])
 
 
 def read(path):
@@ -162,7 +163,7 @@ def test_errors(tmp_path, capsys, bad_jsonl, case, flags, message):
     inputs = {"missing": str(tmp_path / "nothing" / "*.jsonl.zst"), "unsupported": str(unsupported),
               "bad_line": bad_jsonl, "sample": TRAIN}[case]
     out = tmp_path / "out"
-    assert tt.main(["--input", inputs, "--output_dir", str(out), *flags]) == 2
+    assert tt_command.main(["--input", inputs, "--output_dir", str(out), *flags]) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not out.exists()
@@ -184,7 +185,7 @@ def test_ftfy_option(tmp_path, capsys):
 
 def test_input_dir_alias_and_several_inputs(tmp_path, capsys):
     val = os.path.join(SAMPLE, "val.jsonl.zst")
-    assert tt.main(["--input_dir", TRAIN, val, "--output_dir", str(tmp_path), "--vocab_size", "400"]) == 0
+    assert tt_command.main(["--input", TRAIN, val, "--output_dir", str(tmp_path), "--vocab_size", "400"]) == 0
     assert "trained on 128 documents" in capsys.readouterr().out
 
 
@@ -208,7 +209,7 @@ def test_gcs_input_and_output(gcs_bucket, tmp_path):
 
 
 def test_cli_help():
-    result = subprocess.run([sys.executable, "-m", "tfrecords_tools.train_tokenizer", "--help"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "gpt_neo_mtf.cli.train_tokenizer", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for flag in ("--input", "--output_dir", "--vocab_size", "--min_frequency", "--pile_set_name", "--ftfy",

@@ -14,15 +14,15 @@ from conftest import make, placement, run_main, scalars
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from test_model import v3_8_context
 
-from inputs.sequential import dataset_fn
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt_losses
-from trainer.config import load_config
-from trainer.hardware import Hardware
-from trainer import loss_plot
-from trainer.model_fn import build_model_fn
+from gpt_neo_mtf.inputs.sequential import dataset_fn
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.dims import Dims
+from gpt_neo_mtf.models.gpt import gpt_losses
+from gpt_neo_mtf.trainer.config import load_config
+from gpt_neo_mtf.trainer.hardware import Hardware
+from gpt_neo_mtf.cli import loss_plot
+from gpt_neo_mtf.trainer.model_fn import build_model_fn
 
 
 def grad_norm_tags(model_path):

@@ -1,19 +1,6 @@
-"""Inspect TFRecords before a run spends TPU hours on them.
-
-    python -m tfrecords_tools.check_dataset "gs://bucket/pile/train/*.tfrecords" --n_vocab 50257 --n_ctx 2048
-    python main.py --model configs/my_model.json --check_dataset     # the config's train and eval data
-
-Reads every record (framing and CRCs checked, so a corrupt or truncated file is named with the
-byte offset of the damage), counts records and tokens, checks token ids against n_vocab (the
-original silently embedded ids >= n_vocab as zeros), record lengths against n_ctx + 1, the
-record counts in the file names (the sequential reader trusts them), and the sha256 of every
-file a manifest (`*.manifest.json` beside the files) lists. Prints decoded sample text.
-
-Records are examples of n_ctx + 1 tokens or more, except for generic_text's documents_fixed and
-documents_random modes (`--stitch`), where a record is a document and an example joins `stitch`
-of them: there short records are fine as long as any `stitch` of them hold n_ctx + 1 tokens.
+"""Inspect TFRecords before a run spends TPU hours on them: the work of `gpt-neo-check-dataset` and of
+`gpt-neo --check_dataset`; what is checked is in the usage (cli/check_dataset.py).
 """
-import argparse
 import bisect
 import concurrent.futures
 import hashlib
@@ -23,12 +10,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import List
 
-from errors import UserError
-from inputs.tokenizer import load_tokenizer
-from meshtf import tf
-from storage import count_in_name, natural_sort_key, read_json
-from tfrecords_tools.records import masked_crc
-from tfrecords_tools.sources import InputError
+from ..errors import UserError
+from ..inputs.tokenizer import load_tokenizer
+from ..meshtf import tf
+from ..storage import count_in_name, natural_sort_key, read_json
+from .records import masked_crc
+from .sources import InputError
 
 SAMPLE_CHARACTERS = 500
 
@@ -225,22 +212,8 @@ def _manifest_entries(files):
     return entries
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="TFRecord files or globs, local or gs://")
-    p.add_argument("--n_vocab", type=int, default=None, help="the model's n_vocab: ids must be below it")
-    p.add_argument("--n_ctx", type=int, default=None, help="the model's n_ctx: records need n_ctx + 1 tokens")
-    p.add_argument("--stitch", type=int, default=None,
-                   help="records are documents that generic_text's documents_* modes join this many at a time: "
-                        "any `stitch` of them need n_ctx + 1 tokens, not each one")
-    p.add_argument("--tokenizer", default=None, help="tokenizer to decode a sample with (path or \"gpt2\")")
-    p.add_argument("--processes", type=int, default=1, help="files read at once (the Pile takes hours on one)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    if args.stitch is not None and args.stitch < 1:
-        p.error("--stitch must be at least 1")
-    if args.processes < 1:
-        p.error("--processes must be at least 1")
+def main(args):
+    """Run the parsed command line (cli/check_dataset.py); the exit status."""
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         problems = check(args.paths, args.n_vocab, args.n_ctx, tokenizer, stitch=args.stitch,
@@ -252,7 +225,3 @@ def main(argv=None):
         print("error: %d problem(s) found" % problems, file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,33 +1,7 @@
-"""Pile shards (*.jsonl.zst) and text -> the TFRecords main.py reads, locally or on gs://.
-
-    python -m tfrecords_tools.create_tfrecords --input_dir /data/pile/train --output_dir gs://bucket/pile/train \\
-        --name pile --encoder_path gpt2 --chunk_size 2048 --processes 8 \\
-        --write_dataset_config configs/dataset_configs/pile.json
-
-Modes:
-  chunks     records of exactly chunk_size + 1 tokens cut from the stream of documents, each followed
-             by the separator; a document's remainder carries into the next record (the original
-             dropped every document shorter than a chunk except at file boundaries).
-  documents  one record per document (its tokens + separator), for the stitching input modes.
-
-Output: `<name>_<index>_<records>.tfrecords` (the count is what the sequential reader parses),
-`files_per` records a file, and `<name>.manifest.json` listing every file with its records, tokens,
-bytes and sha256, plus the inputs, tokenizer and arguments. Files are numbered in document
-order (inputs in natural-sort order), so the output does not depend on --processes.
-
-Resumable: a stopped run (Ctrl-C, kill -9, a bad input line), started again with the same
-arguments, continues after the last complete file and ends with output byte-identical to an
-uninterrupted run. Files appear under their final name only when complete. Two arguments may change
-on resume, as the complete files stay what the new ones would write: --input_dir after the input
-file the last complete file ended in (a corrupt shard fixed or renamed, shards added), and
---skip_bad_lines while no line was skipped before that point. A run that completed no file leaves
-nothing to resume: a rerun with other arguments starts over. Otherwise other arguments are refused;
---overwrite deletes this --name's files (nothing else) and starts over.
-
-Ctrl-C stops at once (a file's rename and its manifest entry are never cut apart), keeps the
-complete files, prints the command that resumes and exits with status 130 (the shell's for SIGINT).
+"""Pile shards (*.jsonl.zst) and text -> the TFRecords main.py reads, locally or on gs://: the work of
+`gpt-neo-create-tfrecords`, whose usage (cli/create_tfrecords.py) says what it writes, how it resumes and
+what it refuses.
 """
-import argparse
 import collections
 import concurrent.futures
 import contextlib
@@ -45,12 +19,12 @@ import time
 import numpy as np
 from tokenizers import Tokenizer
 
-import storage
-from errors import UserError, first_line
-from inputs.tokenizer import END_OF_TEXT, PADDING, load_tokenizer
-from meshtf import tf
-from tfrecords_tools import records
-from tfrecords_tools.sources import BytesRead, SkipCounts, TextOptions, document_stream, input_files
+from .. import storage
+from ..errors import UserError, first_line
+from ..inputs.tokenizer import END_OF_TEXT, PADDING, load_tokenizer
+from ..meshtf import tf
+from . import records
+from .sources import BytesRead, SkipCounts, TextOptions, document_stream, input_files
 
 MODES = ("chunks", "documents")
 SKIP_FIELDS = [f.name for f in dataclasses.fields(SkipCounts)]
@@ -421,57 +395,19 @@ def write_dataset_config(path, manifest, output_dir, tokenizer_path, split="trai
 # Command line
 
 
-def parse_args(argv=None):
-    # No abbreviations: the resume command drops --overwrite by its full name.
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument("--input_dir", nargs="+", required=True,
-                   help="input files, directories or globs (*.jsonl.zst, *.jsonl, *.jsonl.gz, *.jsonl.xz, *.txt), "
-                        "local or gs://")
-    p.add_argument("--output_dir", default="./tfrecords", help="local directory or gs://bucket/prefix")
-    p.add_argument("--name", default="openwebtext", help="output file name prefix (default: the original's)")
-    p.add_argument("--encoder_path", default="gpt2",
-                   help="tokenizers JSON file, directory with vocab.json + merges.txt or tokenizer.json, "
-                        "or \"gpt2\" (the bundled GPT-2 BPE)")
-    p.add_argument("--mode", choices=MODES, default="chunks", help="records of chunk_size + 1 tokens, or one per document")
-    p.add_argument("--chunk_size", type=int, default=2048, help="model context n_ctx; records hold chunk_size + 1 tokens")
-    p.add_argument("--files_per", type=int, default=100000, help="records per output file")
-    p.add_argument("--minimum_size", type=int, default=1,
-                   help="documents mode: skip documents with fewer tokens (separator included)")
-    p.add_argument("--separator", type=int, default=None,
-                   help="token id appended to every document (default: the tokenizer's <|endoftext|>)")
-    p.add_argument("--processes", type=int, default=1, help="tokenizer processes (output does not depend on it)")
-    p.add_argument("--pile_set_name", action="append", default=[],
-                   help="keep only documents whose meta.pile_set_name is this (repeatable)")
-    p.add_argument("--ftfy", action="store_true", help="fix text with ftfy (NFKC); off by default (the original: on)")
-    p.add_argument("--wikitext-detokenize", dest="wikitext_detokenize", action="store_true",
-                   help="undo WikiText tokenization spacing; off by default (the original: on for all data)")
-    p.add_argument("--skip_bad_lines", action="store_true", help="skip and count undecodable lines instead of stopping")
-    p.add_argument("--write_dataset_config", default=None,
-                   help="write or update this dataset config JSON (e.g. configs/dataset_configs/mydata.json)")
-    p.add_argument("--dataset_split", choices=("train", "eval"), default="train",
-                   help="which glob of the dataset config these records are: path (train) or eval_path")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over: first delete this --name's files in --output_dir (<name>.manifest.json, "
-                        "<name>_<index>_<records>.tfrecords and their *.incomplete files; nothing else)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+def main(args, argv):
+    """Run the parsed command line (cli/create_tfrecords.py, `argv` as given); the exit status."""
     options = TextOptions(tuple(args.pile_set_name), args.ftfy, args.wikitext_detokenize, args.skip_bad_lines)
     try:
         options.check()
-        manifest = create_tfrecords(args.input_dir, args.output_dir, args.encoder_path, args.name, args.mode,
+        manifest = create_tfrecords(args.input, args.output_dir, args.tokenizer, args.name, args.mode,
                                     args.chunk_size, args.files_per, args.separator, args.minimum_size,
                                     args.processes, options, progress=not args.quiet, overwrite=args.overwrite)
         if not manifest["files"]:
             raise RecordsError("the input holds fewer tokens than one record (%d): nothing written; use a "
                                   "smaller --chunk_size or more text" % (args.chunk_size + 1))
         if args.write_dataset_config:
-            write_dataset_config(args.write_dataset_config, manifest, args.output_dir, args.encoder_path,
+            write_dataset_config(args.write_dataset_config, manifest, args.output_dir, args.tokenizer,
                                  args.dataset_split)
     except UserError as e:
         print("error: %s" % e, file=sys.stderr)
@@ -495,8 +431,4 @@ def main(argv=None):
 def _resume_command(argv):
     """The command that resumes a run given `argv`: the same, without --overwrite (which starts over)."""
     same = [a for a in argv if a != "--overwrite"]
-    return shlex.join([sys.executable, "-m", "tfrecords_tools.create_tfrecords"] + same)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return shlex.join([sys.executable, "-m", "gpt_neo_mtf.cli.create_tfrecords"] + same)

@@ -9,7 +9,7 @@ import struct
 
 import google_crc32c
 
-from meshtf import tf
+from ..meshtf import tf
 
 _CRC_MASK_DELTA = 0xA282EAD8
 

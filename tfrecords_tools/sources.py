@@ -18,9 +18,9 @@ from typing import Tuple
 
 import zstandard
 
-from errors import UserError
-from meshtf import tf
-from storage import natural_sort_key
+from ..errors import UserError
+from ..meshtf import tf
+from ..storage import natural_sort_key
 
 FORMATS = (".jsonl.zst", ".jsonl.gz", ".jsonl.xz", ".jsonl", ".txt")
 

@@ -1,25 +1,6 @@
-"""Train a byte-level BPE tokenizer on text or Pile shards, local or gs://, like the original's.
-
-The model is the original's: NFKC normaliser, byte-level pre-tokenizer that adds a prefix
-space, byte-level decoder, byte-level post-processor with trimmed offsets, and the special
-tokens `<|endoftext|>` = id 0 and `<|padding|>` = id 1. A dataset config for data encoded
-with it must therefore say
-
-    "tokenizer_path": "<output_dir>/byte-level-bpe.tokenizer.json",
-    "tokenizer_is_pretrained": false, "eos_id": 0, "padding_id": 1
-
-(the original's example dataset config says eos 1 / pad 0, the opposite [Q-27]).
-
-Unlike the original, every document is used (not an unseeded random 20 % of the files, which
-left nothing to train on with fewer than 5 files), documents are streamed rather than copied to
-.txt files, the same inputs give a byte-identical tokenizer file, all 256 bytes are in the
-vocabulary whether or not the corpus has them, and the output directory is never deleted: an
-existing tokenizer file is an error unless --overwrite, which replaces just that file.
-
-    python -m tfrecords_tools.train_tokenizer --input data/sample/train.jsonl.zst \\
-        --output_dir build/sample/tokenizer --vocab_size 1000
+"""Train a byte-level BPE tokenizer on text or Pile shards, local or gs://, like the original's: the work
+of `gpt-neo-train-tokenizer`, whose usage (cli/train_tokenizer.py) describes the model and the output.
 """
-import argparse
 import itertools
 import json
 import os
@@ -30,10 +11,10 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from errors import UserError, first_line
-from inputs.tokenizer import END_OF_TEXT, PADDING
-from meshtf import tf
-from tfrecords_tools.sources import InputError, SkipCounts, TextOptions, document_stream, input_files
+from ..errors import UserError, first_line
+from ..inputs.tokenizer import END_OF_TEXT, PADDING
+from ..meshtf import tf
+from .sources import InputError, SkipCounts, TextOptions, document_stream, input_files
 
 TOKENIZER_FILE = "byte-level-bpe.tokenizer.json"  # the original's name
 SPECIAL_TOKENS = (END_OF_TEXT, PADDING)             # ids 0 and 1, in this order
@@ -146,26 +127,8 @@ def dataset_config_entries(path, vocab_size):
             "eos_id": EOS_ID, "padding_id": PADDING_ID}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", "--input_dir", dest="input", required=True, nargs="+", action="extend",
-                   help="files, directories or globs (local or gs://) of *.jsonl.zst, *.jsonl, *.jsonl.gz, "
-                        "*.jsonl.xz or *.txt (one document per file); --input_dir as in create_tfrecords")
-    p.add_argument("--output_dir", required=True,
-                   help="local directory or gs://bucket/prefix; the tokenizer is written to "
-                        "<output_dir>/%s" % TOKENIZER_FILE)
-    p.add_argument("--vocab_size", required=True, type=int,
-                   help="tokens in the vocabulary, special tokens included (at least %d)" % MIN_VOCAB_SIZE)
-    p.add_argument("--min_frequency", type=int, default=2, help="least count of a pair to be merged")
-    p.add_argument("--pile_set_name", action="append", default=[],
-                   help="train only on jsonl documents whose meta.pile_set_name is this (repeatable)")
-    p.add_argument("--ftfy", action="store_true", help="fix mojibake and NFKC-normalise with ftfy first")
-    p.add_argument("--skip_bad_lines", action="store_true",
-                   help="skip (and count) undecodable lines instead of stopping")
-    p.add_argument("--max_documents", type=int, default=None, help="train on at most this many documents")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing <output_dir>/%s (only that file)" % TOKENIZER_FILE)
-    args = p.parse_args(argv)
+def main(args):
+    """Run the parsed command line (cli/train_tokenizer.py); the exit status."""
     options = TextOptions(pile_set_names=tuple(args.pile_set_name), ftfy=args.ftfy,
                           skip_bad_lines=args.skip_bad_lines)
     skipped, counted = SkipCounts(), DocumentCount()
@@ -195,7 +158,3 @@ def main(argv=None):
           "example's 1 and 0), next to `path` and `eval_path`:")
     print(json.dumps(dataset_config_entries(path, vocab_size), indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -45,12 +45,12 @@ import itertools
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from meshtf import mtf, tf
-from models import dims as names
-from models import layers
-from trainer.config import ConfigError, MeshConfig, microbatches, validate
-from trainer.memory import GiB, USABLE, DeviceMemory, lifetimes
-from trainer.step import nodes, symbolic
+from ..meshtf import mtf, tf
+from ..models import dims as names
+from ..models import layers
+from .config import ConfigError, MeshConfig, microbatches, validate
+from .memory import GiB, USABLE, DeviceMemory, lifetimes
+from .step import nodes, symbolic
 
 SEARCHED_DIMS = (names.BATCH, names.MEMORY_LENGTH, names.EMBD, names.HEADS, names.VOCAB,
                  names.INTERMEDIATE_EXPANDED)

@@ -4,10 +4,10 @@ import logging
 from tensorflow_estimator.python.estimator.tpu import tpu_config as tpu_config_lib
 from tensorflow_estimator.python.estimator.tpu import tpu_estimator
 
-from inputs.pipeline import input_fn_for
-from trainer.checkpoints import latest_step
-from trainer.guards import NonFiniteLossHook, SignalStop, StoppedEarly
-from trainer.model_fn import build_model_fn
+from ..inputs.pipeline import input_fn_for
+from .checkpoints import latest_step
+from .guards import NonFiniteLossHook, SignalStop, StoppedEarly
+from .model_fn import build_model_fn
 
 log = logging.getLogger("gptneo")
 

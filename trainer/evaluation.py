@@ -29,10 +29,10 @@ import math
 import numpy as np
 from tokenizers import decoders
 
-from errors import ConfigError
-from inputs import lambada
-from inputs.pipeline import input_fn_for
-from meshtf import mtf, tf
+from ..errors import ConfigError
+from ..inputs import lambada
+from ..inputs.pipeline import input_fn_for
+from ..meshtf import mtf, tf
 
 log = logging.getLogger("gptneo")
 

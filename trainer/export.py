@@ -12,11 +12,11 @@ import tempfile
 
 import numpy as np
 
-from meshtf import tf
-from trainer.checkpoints import latest_checkpoint, write_checkpoint
-from trainer.config import MeshConfig
-from trainer.estimator import build_estimator
-from trainer.hardware import Hardware
+from ..meshtf import tf
+from .checkpoints import latest_checkpoint, write_checkpoint
+from .config import MeshConfig
+from .estimator import build_estimator
+from .hardware import Hardware
 
 
 def _receiver(batch, n_ctx, with_lengths):

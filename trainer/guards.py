@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from meshtf import tf
+from ..meshtf import tf
 
 
 # sysexits' EX_TEMPFAIL ("try again later"): stopped by a signal before train_steps, with a checkpoint.

@@ -8,8 +8,8 @@ from typing import Optional, Tuple, Union
 
 from absl import flags
 
-from meshtf import mtf, tf
-from trainer.config import ConfigError
+from ..meshtf import mtf, tf
+from .config import ConfigError
 
 # The host that holds TPU binaries gets this much extra (per replica) before variables are
 # balanced over hosts, as in the original.

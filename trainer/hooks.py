@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from meshtf import tf
-from trainer import flops
+from ..meshtf import tf
+from . import flops
 
 log = logging.getLogger("gptneo")
 

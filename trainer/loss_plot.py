@@ -1,19 +1,13 @@
 """A picture of a run: training and validation loss against the step, from the TensorBoard events in
-`model_path`, as a PNG (matplotlib; `make demo` draws its run with it).
-
-    python -m trainer.loss_plot --model_path build/demo_model --output build/demo_model/loss.png
-
-Training loss is drawn per step and as a running mean over `--window` steps; validation loss (the
-events under `<model_path>/eval`) as points at the steps it was measured.
+`model_path`, as a PNG: the work of `gpt-neo-loss-plot` (usage: cli/loss_plot.py).
 """
-import argparse
 import os
 import sys
 
 import numpy as np
 
-from errors import UserError
-from meshtf import tf
+from ..errors import UserError
+from ..meshtf import tf
 
 
 def loss_events(directory):
@@ -72,15 +66,8 @@ def plot(model_path, output, window=25):
     return len(steps), len(validation)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m trainer.loss_plot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_path", required=True, help="the run's model_path (local or gs://)")
-    p.add_argument("--output", required=True, help="the PNG to write (local or gs://)")
-    p.add_argument("--window", type=int, default=25, help="steps of the running mean of the training loss")
-    args = p.parse_args(argv)
-    if args.window < 1:
-        p.error("--window must be at least 1")
+def main(args):
+    """Run the parsed command line (cli/loss_plot.py); the exit status."""
     try:
         steps, points = plot(args.model_path, args.output, args.window)
     except UserError as e:
@@ -88,7 +75,3 @@ def main(argv=None):
         return 2
     print("wrote %s: %d training steps, %d validation points" % (args.output, steps, points))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

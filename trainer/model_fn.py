@@ -2,16 +2,16 @@
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from tensorflow_estimator.python.estimator.tpu.tpu_estimator import TPUEstimatorSpec
 
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt, gpt_losses, variable_dtype
-from models.sampling import generate
-from trainer import checkpoints, evaluation, hooks
-from trainer.hardware import mesh_implementation
-from trainer.optimizer import gradient_norms, minimize
-from trainer.spikes import LossSpikes
-from trainer.step import loss_and_gradients
+from ..meshtf import mtf, tf
+from ..models.context import Context
+from ..models.dims import Dims
+from ..models.gpt import gpt, gpt_losses, variable_dtype
+from ..models.sampling import generate
+from . import checkpoints, evaluation, hooks
+from .hardware import mesh_implementation
+from .optimizer import gradient_norms, minimize
+from .spikes import LossSpikes
+from .step import loss_and_gradients
 
 MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
 

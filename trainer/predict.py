@@ -4,11 +4,11 @@ import logging
 import os
 import tempfile
 
-import storage
-from errors import ConfigError, first_line
-from inputs.prompts import prompts_input_fn
-from meshtf import tf
-from models.sampling import decode_length
+from .. import storage
+from ..errors import ConfigError, first_line
+from ..inputs.prompts import prompts_input_fn
+from ..meshtf import tf
+from ..models.sampling import decode_length
 
 log = logging.getLogger("gptneo")
 SAMPLE_RULE = "=" * 40

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from meshtf import mtf, tf
+from ..meshtf import mtf, tf
 
 log = logging.getLogger("gptneo")
 STATE_FILE = "loss_spikes.json"

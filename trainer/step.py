@@ -15,12 +15,12 @@ graph.operations); the walk takes them out.
 from dataclasses import dataclass
 from typing import Tuple
 
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt_losses, variable_dtype
-from trainer import optimizer
-from trainer.config import microbatches
+from ..meshtf import mtf, tf
+from ..models.context import Context
+from ..models.dims import Dims
+from ..models.gpt import gpt_losses, variable_dtype
+from . import optimizer
+from .config import microbatches
 
 
 def loss_and_gradients(config, ids, targets):
