@@ -94,6 +94,23 @@ def test_config_name_not_in_configs(name, suggestion):
         load_config(name)
 
 
+def test_named_configs_are_found_in_the_working_directory_first(tmp_path, monkeypatch):
+    """As the original: `--model NAME` and dataset ids look in ./configs/ (where an installed package's users
+    keep theirs), then among the shipped configs."""
+    os.makedirs(tmp_path / "configs" / "dataset_configs")
+    with open(os.path.join(CONFIG_DIR, "gpt_neo_125M.json")) as f:
+        raw = json.load(f)
+    (tmp_path / "configs" / "mine.json").write_text(json.dumps(dict(raw, datasets=[["own", None, None, None]])))
+    with open(os.path.join(CONFIG_DIR, "dataset_configs", "pile.json")) as f:
+        (tmp_path / "configs" / "dataset_configs" / "own.json").write_text(f.read())
+    monkeypatch.chdir(tmp_path)
+    assert load_config("mine").data.dataset_configs[0].id == "own"
+    assert load_config("gpt_neo_125M").name == "gpt_neo_125M"  # shipped, not shadowed
+    with raises("^%s$" % re.escape("no model config named 'mien' in %s or %s; did you mean 'mine'?"
+                                   % (tmp_path / "configs", CONFIG_DIR))):
+        load_config("mien")
+
+
 # ---------------------------------------------------------------------------------------------
 # Keys and types of the model config
 

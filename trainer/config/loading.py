@@ -48,22 +48,34 @@ MODEL_KEYS = tuple(_all_model_keys())
 DATASET_KEYS = tuple(f.name for f in dataclasses.fields(DatasetConfig) if f.name != "id")
 
 
+def config_dirs():
+    """Where named configs are found: `configs/` of the working directory (the original's rule, and where
+    an installed package's users keep theirs), then the ones shipped in the package (the same in a clone)."""
+    dirs = []
+    for d in (os.path.abspath("configs"), CONFIG_DIR):
+        if d not in dirs and os.path.isdir(d):
+            dirs.append(d)
+    return dirs
+
+
 def resolve_model_path(name_or_path):
-    """`--model` rule of the original: a `.json` name is a path, anything else a shipped config."""
+    """`--model` rule of the original: a `.json` name is a path, anything else a config's name."""
     if name_or_path.endswith(".json"):
         return name_or_path
-    path = os.path.join(CONFIG_DIR, name_or_path + ".json")
-    if not os.path.exists(path):
-        known = sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".json"))
-        raise ConfigError("no model config named %r in %s%s" % (
-            name_or_path, CONFIG_DIR, did_you_mean(name_or_path, known)))
-    return path
+    dirs = config_dirs()
+    for d in dirs:
+        path = os.path.join(d, name_or_path + ".json")
+        if os.path.exists(path):
+            return path
+    known = sorted({n[:-5] for d in dirs for n in os.listdir(d) if n.endswith(".json")})
+    raise ConfigError("no model config named %r in %s%s" % (
+        name_or_path, " or ".join(dirs), did_you_mean(name_or_path, known)))
 
 
 def dataset_config_dirs(model_config_path):
-    """Dataset configs are looked up beside the model config first, then among the shipped ones."""
-    dirs = [os.path.join(os.path.dirname(model_config_path), "dataset_configs"),
-            os.path.join(CONFIG_DIR, "dataset_configs")]
+    """Dataset configs are looked up beside the model config first, then in the named configs' places."""
+    dirs = [os.path.join(os.path.dirname(model_config_path), "dataset_configs")]
+    dirs += [os.path.join(d, "dataset_configs") for d in config_dirs()]
     unique = []
     for d in dirs:
         if d not in unique and tf.io.gfile.isdir(d):
