@@ -260,8 +260,9 @@ class Chief:
 
     def __enter__(self):
         workers = range(1, len(self.cluster.tasks))
-        self.server = self.cluster.start_server(0)
+        # Workers wait for the chief as long, so the order of starts does not matter.
         self.cluster.wait_for(workers, self.cluster.startup_timeout_secs)
+        self.server = self.cluster.start_server(0)
         log.info("cluster of %d tasks (%s): %d mesh devices", len(self.cluster.tasks),
                  ", ".join(t.address for t in self.cluster.tasks), len(self.cluster.devices))
         self._watch = Watch(self.cluster, workers, self.cluster.worker_timeout_secs,
