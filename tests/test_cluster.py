@@ -145,9 +145,10 @@ def test_a_cluster_trains_and_evaluates_like_one_process(make_config, tmp_path, 
 def test_predict_on_a_cluster_samples_as_one_process(make_config, tmp_path, processes):
     config = make_config("tiny", **dict(SMALL, mesh_shape="x:2", layout="batch:x", predict_max_steps=4))
     assert run_main("--model", config) == 0
-    assert run_main("--model", config, "--predict", "--output", str(tmp_path / "one")) == 0
-    status, output = run_cluster(processes, config, write_cluster(tmp_path, [1, 1]), "--predict", "--output",
-                                 str(tmp_path / "many"))
+    (tmp_path / "prompt.txt").write_text("The cluster")
+    sampling = ("--predict", "--prompt", str(tmp_path / "prompt.txt"), "--output")
+    assert run_main("--model", config, *sampling, str(tmp_path / "one")) == 0
+    status, output = run_cluster(processes, config, write_cluster(tmp_path, [1, 1]), *sampling, str(tmp_path / "many"))
     assert status == 0, output
     one = [json.loads(line) for line in open(tmp_path / "one.jsonl")]
     many = [json.loads(line) for line in open(tmp_path / "many.jsonl")]
