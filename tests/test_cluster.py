@@ -236,3 +236,15 @@ def test_a_server_listens_on_every_interface_at_its_port(tmp_path, processes):
         time.sleep(0.05)
     listening = subprocess.run(["ss", "-Htln", "sport = :%s" % port], stdout=subprocess.PIPE, text=True).stdout
     assert listening.split()[3] in ("0.0.0.0:%s" % port, "*:%s" % port, "[::]:%s" % port), listening
+
+
+def test_a_port_in_use_is_one_line(tmp_path, capsys):
+    cluster = write_cluster(tmp_path, [1, 1])
+    address = json.load(open(cluster))["tasks"][1]["address"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+        taken.listen()
+        assert run_main("--worker", "--cluster", cluster, "--task", "1") == 2
+    assert capsys.readouterr().err == (
+        "error: cannot start the server of task 1 on port %s (%s): Address already in use; is another task or "
+        "program using the port?\n" % (address.rsplit(":", 1)[1], address))

@@ -103,6 +103,11 @@ class Cluster:
     def start_server(self, index):
         """This process's gRPC server for task `index`; it serves until the process ends."""
         task = self.tasks[index]
+        # Checked first: for a port in use, gRPC's C core prints a page of JSON above TensorFlow's error.
+        in_use = port_in_use(task.port)
+        if in_use:
+            raise ConfigError("cannot start the server of task %d on port %d (%s): %s; is another task or program "
+                              "using the port?" % (index, task.port, task.address, in_use))
         try:
             return tf.distribute.Server(self.cluster_spec(), job_name=JOB, task_index=index,
                                         config=self.server_config(index), start=True)
@@ -128,6 +133,17 @@ class Cluster:
                     "`gpt-neo --worker --cluster %s --task %d` and run the same command again"
                     % (missing, self.tasks[missing].address, timeout, self.path, self.path, missing))
             time.sleep(PROBE_INTERVAL_SECS)
+
+
+def port_in_use(port):
+    """The OS's reason when `port` cannot be listened on (on every interface, as TF's server does), else None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a port in TIME_WAIT is free
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
 
 
 def reachable(task, timeout=1.0):
