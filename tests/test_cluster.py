@@ -16,12 +16,13 @@ import pytest
 from conftest import REPO, run_main, scalar_events, scalars
 
 from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.trainer.checkpoints import latest_step
 from gpt_neo_mtf.trainer.guards import EXIT_STOPPED
 
 # Small enough for 2 busy cores; one layer keeps graph building short.
 SMALL = dict(n_ctx=16, n_embd=16, n_head=4, n_layer=1, attention_types=[[["global"], 1]], iterations=1,
              train_steps=4, lr_decay_end=4, eval_steps=0)
-CHIEF_TIMEOUT = 3.0   # chief_timeout_secs of the test clusters: workers exit this long after the chief
+CHIEF_TIMEOUT = 2.0   # chief_timeout_secs of the test clusters: workers exit this long after the chief
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
 
 
@@ -111,15 +112,15 @@ def checkpoint_values(path):
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
-@pytest.mark.parametrize("cpus,mesh_shape,layout,batch", [
-    ([1, 1], "x:2", "batch:x", 4),
-    ([1, 1, 1], "x:3", "batch:x", 6),
-    ([2, 2], "x:2,y:2", "batch:x,heads:y", 4),
+@pytest.mark.parametrize("cpus,mesh_shape,layout,batch,evaluates", [
+    ([1, 1], "x:2", "batch:x", 4, False),
+    ([1, 1, 1], "x:3", "batch:x", 6, False),
+    ([2, 2], "x:2,y:2", "batch:x,heads:y", 4, True),
 ])
 def test_a_cluster_trains_and_evaluates_like_one_process(make_config, tmp_path, processes, cpus, mesh_shape, layout,
-                                                         batch):
+                                                         batch, evaluates):
     keys = dict(SMALL, mesh_shape=mesh_shape, layout=layout, train_batch_size=batch, eval_batch_size=batch,
-                eval_steps=1)
+                eval_steps=1 if evaluates else 0)
     one = make_config("one", **keys)
     assert run_main("--model", one, "--steps_per_checkpoint", "4") == 0
     many = make_config("many", **keys)
@@ -130,9 +131,10 @@ def test_a_cluster_trains_and_evaluates_like_one_process(make_config, tmp_path, 
     a, b = scalars(model_path(one), "loss"), scalars(model_path(many), "loss")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=0, atol=1e-5)
-    [eval_one] = [json.loads(line) for line in open(os.path.join(model_path(one), "eval_results.jsonl"))]
-    [eval_many] = [json.loads(line) for line in open(os.path.join(model_path(many), "eval_results.jsonl"))]
-    assert eval_many["global_step"] == 4 and eval_many["loss"] == pytest.approx(eval_one["loss"], abs=1e-5)
+    if evaluates:
+        [eval_one] = [json.loads(line) for line in open(os.path.join(model_path(one), "eval_results.jsonl"))]
+        [eval_many] = [json.loads(line) for line in open(os.path.join(model_path(many), "eval_results.jsonl"))]
+        assert eval_many["global_step"] == 4 and eval_many["loss"] == pytest.approx(eval_one["loss"], abs=1e-5)
 
     expected, got = checkpoint_values(model_path(one)), checkpoint_values(model_path(many))
     assert sorted(got) == sorted(expected) and "gpt2/wte" in got
@@ -173,8 +175,12 @@ def test_a_killed_worker_stops_the_chief_with_75_and_a_restart_resumes_exactly(m
     assert chief.wait() == EXIT_STOPPED
     address = json.load(open(cluster))["tasks"][1]["address"]
     errors = [line for line in chief.output().splitlines() if line.startswith("error:")]
-    assert errors == ["error: cluster task 1 (%s) is unreachable; the checkpoints in %s are kept (newest: step 3): "
-                      "restart that task and run the same command to resume" % (address, model_path(resumed))], \
+    # The kill lands after step 5, before the save of step 6 can complete (it needs the worker's shard), or
+    # rarely just after it.
+    kept = latest_step(model_path(resumed))
+    assert kept in (3, 6)
+    assert errors == ["error: cluster task 1 (%s) is unreachable; the checkpoints in %s are kept (newest: step %d): "
+                      "restart that task and run the same command to resume" % (address, model_path(resumed), kept)], \
         chief.output()
     assert "Traceback" not in chief.output()
 
@@ -202,7 +208,7 @@ def test_workers_of_a_killed_chief_exit_by_themselves(make_config, tmp_path, pro
         assert w.wait(timeout=60) == 0, w.output()
     # The bound of docs/clusters.md: chief_timeout_secs, plus one probe interval and one connect timeout.
     assert time.monotonic() - killed <= CHIEF_TIMEOUT + 0.5 + 1.0 + 2.0  # + slack for a busy machine
-    assert all("has been unreachable for 3 s" in w.output() for w in workers)
+    assert all("has been unreachable for 2 s" in w.output() for w in workers)
 
 
 def test_an_unreachable_worker_at_start_is_one_line_and_75(make_config, tmp_path, capsys):
