@@ -74,7 +74,8 @@ def write_data(workdir, n_ctx, count):
 def write_config(workdir, args, tasks, name):
     raw = dict(n_ctx=args.n_ctx, n_embd=args.n_embd, n_head=4, n_layer=args.n_layer, n_vocab=VOCAB,
                attention_types=[[["global"], args.n_layer]], mesh_shape="x:%d" % tasks, layout="batch:x",
-               model_path=os.path.join(workdir, name), train_batch_size=args.batch, train_steps=args.warmup + args.steps,
+               model_path=os.path.join(workdir, name), train_batch_size=args.batch,
+               train_steps=args.warmup + args.steps,
                iterations=1, lr=1e-3, opt_name="adam", weight_decay=0.01, gradient_clipping=1.0,
                datasets=[["synthetic", None, None, None]])
     path = os.path.join(workdir, name + ".json")
@@ -156,7 +157,8 @@ def measure(workdir, args, tasks, use_cluster):
                 p.kill()
                 p.wait()
     (t0, s0, b0), (t1, s1, b1) = samples
-    return {"tasks": tasks, "cluster": use_cluster, "step_s": (t1 - t0) / (s1 - s0), "bytes_per_step": (b1 - b0) / (s1 - s0),
+    return {"tasks": tasks, "cluster": use_cluster, "step_s": (t1 - t0) / (s1 - s0),
+            "bytes_per_step": (b1 - b0) / (s1 - s0),
             "analytic": analytic_bytes(config), "steps": s1 - s0}
 
 

@@ -19,11 +19,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 from .. import storage
 from ..errors import ConfigError, did_you_mean
 from ..meshtf import tf
+from .checkpoints import latest_step
 from .guards import EXIT_STOPPED
 
 log = logging.getLogger("gptneo")
@@ -257,12 +258,17 @@ class Watch(threading.Thread):
         self._stop.set()
 
 
-def _exit_now(line, status):
-    """Ends the process from a watcher thread: the main thread may be blocked in a session run that
-    TensorFlow retries forever. Complete checkpoints are listed in `checkpoint` only after they are
-    written, so one being written is skipped on resume (trainer/checkpoints.py)."""
+def _end(status, error=None):
+    """Ends the process, after printing `error` as its one line. From the chief's watcher thread, because the
+    main thread may be blocked in a session run that TensorFlow retries forever (complete checkpoints are
+    listed in `checkpoint` only once written, so one being written is skipped on resume); on a worker, because
+    TF 2.15's server has no shutdown (Server.join blocks forever)."""
+    for handler in log.handlers:
+        handler.flush()
     sys.stdout.flush()
-    print(line, file=sys.stderr, flush=True)
+    if error:
+        print("error: %s" % error, file=sys.stderr)
+    sys.stderr.flush()
     os._exit(status)
 
 
@@ -282,7 +288,7 @@ class Chief:
         log.info("cluster of %d tasks (%s): %d mesh devices", len(self.cluster.tasks),
                  ", ".join(t.address for t in self.cluster.tasks), len(self.cluster.devices))
         self._watch = Watch(self.cluster, workers, self.cluster.worker_timeout_secs,
-                            lambda i: _exit_now("error: %s" % self.lost(i), EXIT_STOPPED))
+                            lambda i: _end(EXIT_STOPPED, self.lost(i)))
         self._watch.start()
         return self
 
@@ -295,7 +301,6 @@ class Chief:
         return self.server.target
 
     def lost(self, index):
-        from .checkpoints import latest_step
         task = self.cluster.tasks[index]
         return ("cluster task %d (%s) is unreachable; the checkpoints in %s are kept (newest: step %d): restart "
                 "that task and run the same command to resume" % (index, task.address, self._model_path,
@@ -327,21 +332,13 @@ def serve(cluster, index):
     try:
         cluster.wait_for([0], cluster.startup_timeout_secs)
     except ClusterUnavailable:
-        return _exit_now("error: the chief (task 0, %s) did not answer within %g s (startup_timeout_secs of %s); "
-                         "start it with `gpt-neo --model CONFIG --cluster %s`"
-                         % (chief.address, cluster.startup_timeout_secs, cluster.path, cluster.path), EXIT_STOPPED)
+        _end(EXIT_STOPPED, "the chief (task 0, %s) did not answer within %g s (startup_timeout_secs of %s); start it "
+             "with `gpt-neo --model CONFIG --cluster %s`" % (chief.address, cluster.startup_timeout_secs, cluster.path,
+                                                              cluster.path))
     done = threading.Event()
     Watch(cluster, [0], cluster.chief_timeout_secs, lambda i: done.set()).start()
     done.wait()
-    # The server has no clean shutdown in TF 2.15 (Server.join blocks forever): the process ends it.
     log.info("the chief (%s) has been unreachable for %g s: task %d exits", chief.address,
              cluster.chief_timeout_secs, index)
     _end(0)
 
-
-def _end(status):
-    for handler in log.handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
