@@ -192,6 +192,25 @@ def test_a_killed_worker_stops_the_chief_with_75_and_a_restart_resumes_exactly(m
                                rtol=0, atol=1e-6)
 
 
+def test_a_hung_worker_stops_the_chief_with_75(make_config, tmp_path, processes):
+    """A stopped process still accepts TCP connections (the kernel does), but its server does not answer."""
+    config = make_config("tiny", **dict(SMALL, mesh_shape="x:2", layout="batch:x", train_steps=1000,
+                                        lr_decay_end=1000))
+    cluster = write_cluster(tmp_path, [1, 1])
+    [worker] = start_workers(processes, cluster)
+    chief = processes("--model", config, "--cluster", cluster, "--steps_per_checkpoint", "2")
+    deadline = time.monotonic() + 300
+    while not re.search(r"^\S+ \S+ step 3/", chief.output(), re.M):
+        assert chief.process.poll() is None and time.monotonic() < deadline, chief.output()
+        time.sleep(0.01)
+    worker.process.send_signal(signal.SIGSTOP)
+    assert chief.wait(timeout=120) == EXIT_STOPPED
+    address = json.load(open(cluster))["tasks"][1]["address"]
+    errors = [line for line in chief.output().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cluster task 1 (%s) is unreachable; " % address), \
+        chief.output()
+
+
 def test_workers_of_a_killed_chief_exit_by_themselves(make_config, tmp_path, processes):
     config = make_config("tiny", **dict(SMALL, mesh_shape="x:3", layout="batch:x", train_batch_size=6,
                                         train_steps=1000, lr_decay_end=1000))

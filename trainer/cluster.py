@@ -6,7 +6,7 @@ runs over every listed device, task by task in file order. Each process runs a g
 (tf.compat.v1.train.Server); the chief's session is a client of its own server, which places ops on
 the remote tasks.
 
-Liveness is watched from outside TensorFlow, by TCP connects to the tasks' addresses: the runtime
+Liveness is watched from outside TensorFlow, by HTTP/2 greetings to the tasks' servers: the runtime
 itself retries a lost worker forever (MonitoredSession recreates its session on UnavailableError), so
 the chief stops with exit status 75 (guards.EXIT_STOPPED) once a worker has been unreachable for
 `worker_timeout_secs`, and a worker exits once the chief has been unreachable for `chief_timeout_secs`.
@@ -147,11 +147,27 @@ def port_in_use(port):
     return None
 
 
+# An HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC server answers with a SETTINGS
+# frame of its own (type 4, the fourth byte of a frame header) at once.
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+SETTINGS_FRAME = 4
+
+
 def reachable(task, timeout=1.0):
+    """Whether the task's gRPC server answers within `timeout` seconds. A TCP connect alone is not enough:
+    the kernel accepts connections for a process that hangs or is stopped (SIGSTOP)."""
     try:
-        with socket.create_connection((task.host, task.port), timeout=timeout):
-            return True
-    except OSError:
+        with socket.create_connection((task.host, task.port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(HTTP2_HELLO)
+            header = b""
+            while len(header) < 9:
+                chunk = s.recv(9 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+            return header[3] == SETTINGS_FRAME
+    except OSError:  # refused, unreachable, or no answer in time (socket.timeout)
         return False
 
 
