@@ -63,7 +63,6 @@ class Cluster:
     startup_timeout_secs: float = 120.0  # chief: wait this long for every worker; worker: for the chief
     worker_timeout_secs: float = 10.0    # chief: a worker unreachable this long stops the run (75)
     chief_timeout_secs: float = 30.0     # worker: the chief unreachable this long ends the worker
-    step_timeout_secs: float = 600.0     # any one session run longer than this fails (0 = no limit)
     path: str = ""                       # the file it was read from (for messages)
 
     @property
@@ -94,12 +93,12 @@ class Cluster:
         return config
 
     def session_config(self):
-        """The chief's session (on its own server, which knows the cluster: a cluster_def here would name the
-        server's own task again, which TF refuses), runs bounded by step_timeout_secs."""
+        """The chief's session, on its own server, which knows the cluster (a cluster_def here would name the
+        server's own task again, which TF refuses). No operation_timeout_in_ms: it did not end a step blocked
+        on a stopped worker (tried for 2 minutes); the liveness watch (Watch) bounds such hangs instead."""
         # On CPUs every op has a kernel, so a device string that names no device is an error
         # rather than a silent fallback to the chief; GPUs lack kernels for some ops.
-        return tf.ConfigProto(allow_soft_placement=self.kind == "gpu",
-                              operation_timeout_in_ms=int(self.step_timeout_secs * 1000))
+        return tf.ConfigProto(allow_soft_placement=self.kind == "gpu")
 
     def start_server(self, index):
         """This process's gRPC server for task `index`; it serves until the process ends."""
@@ -172,8 +171,7 @@ def reachable(task, timeout=1.0):
 
 
 TASK_KEYS = ("address", "cpus", "gpus")
-CLUSTER_KEYS = ("tasks", "shared_model_path", "startup_timeout_secs", "worker_timeout_secs", "chief_timeout_secs",
-                "step_timeout_secs")
+CLUSTER_KEYS = ("tasks", "shared_model_path", "startup_timeout_secs", "worker_timeout_secs", "chief_timeout_secs")
 
 
 def load_cluster(path):
@@ -206,8 +204,7 @@ def load_cluster(path):
     for key in CLUSTER_KEYS[2:]:
         if key in raw:
             value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
-                    (value == 0 and key != "step_timeout_secs"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError("%s: %r must be a number of seconds > 0, not %s" % (where, key, json.dumps(value)))
             options[key] = float(value)
     return Cluster(parsed, path=path, **options)
