@@ -273,3 +273,10 @@ def test_a_port_in_use_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "error: cannot start the server of task 1 on port %s (%s): Address already in use; is another task or "
         "program using the port?\n" % (address.rsplit(":", 1)[1], address))
+
+
+def test_a_mesh_that_does_not_match_the_cluster_stops_before_writing(make_config, tmp_path, capsys):
+    config = make_config("tiny", **dict(SMALL, mesh_shape="x:2", layout="batch:x"))
+    assert run_main("--model", config, "--cluster", write_cluster(tmp_path, [1, 2])) == 2
+    assert "`mesh_shape` x:2 has 2 positions but the cluster in " in capsys.readouterr().err
+    assert not os.path.exists(model_path(config))

@@ -79,6 +79,14 @@ class Cluster:
         """One CPU device per task, where the task's share of the checkpointed (master) variables lives."""
         return tuple("/job:%s/task:%d/device:CPU:0" % (JOB, i) for i in range(len(self.tasks)))
 
+    def check_mesh(self, mesh_config):
+        """One mesh position per device of the cluster."""
+        if len(self.devices) != mesh_config.size:
+            raise ConfigError("`mesh_shape` %s has %d positions but the cluster in %s has %d device(s) (%s); give "
+                              "one device per mesh position or change mesh_shape"
+                              % (mesh_config.shape_string, mesh_config.size, self.path, len(self.devices),
+                                 " + ".join(str(len(t.devices(i))) for i, t in enumerate(self.tasks))))
+
     def cluster_spec(self):
         return tf.train.ClusterSpec({JOB: [task.address for task in self.tasks]})
 

@@ -60,13 +60,8 @@ def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None, peak
     (or all visible GPUs); else virtual CPUs."""
     size = mesh_config.size
     if cluster is not None:
-        devices = cluster.devices
-        if len(devices) != size:
-            raise ConfigError("`mesh_shape` %s has %d positions but the cluster in %s has %d device(s) (%s); give "
-                              "one device per mesh position or change mesh_shape"
-                              % (mesh_config.shape_string, size, cluster.path, len(devices),
-                                 " + ".join(str(len(t.devices(i))) for i, t in enumerate(cluster.tasks))))
-        return Hardware(cluster.kind, devices, peak_tflops=peak_tflops, cluster=cluster)
+        cluster.check_mesh(mesh_config)
+        return Hardware(cluster.kind, cluster.devices, peak_tflops=peak_tflops, cluster=cluster)
     if tpu:
         return Hardware("tpu", tpu_name=tpu, peak_tflops=peak_tflops)
     if visible_gpus is None:

@@ -144,7 +144,8 @@ def run(args):
         raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`, "
                           "or `eval_tasks`")
     cluster = load_cluster(args.cluster) if args.cluster else None
-    if cluster is not None:
+    if cluster is not None:  # before anything is written or started
+        cluster.check_mesh(config.mesh)
         check_model_path(cluster, config.model_path)
     if args.new:
         start_over(config.model_path)
