@@ -5,6 +5,8 @@
     gpt-neo --model gpt_neo_125M --tpu my-tpu            # on a TPU (or --tpu local on a TPU VM)
     gpt-neo --model CONFIG --eval                        # evaluate the latest checkpoint
     gpt-neo --model CONFIG --predict --prompt p.txt      # sample from the latest checkpoint
+    gpt-neo --model CONFIG --cluster cluster.json        # the chief of a multi-host run (docs/clusters.md)
+    gpt-neo --worker --cluster cluster.json --task 1     # each other host of it
 
 From a clone, `python main.py` is the same program.
 """
@@ -34,6 +36,12 @@ def parse_args(argv=None):
     p.add_argument("--gpu_ids", nargs="+", default=None,
                    help="device strings for the placement mesh, one per mesh position (e.g. device:GPU:0 "
                         "device:GPU:1); default: all visible GPUs, else one virtual CPU device per position")
+    p.add_argument("--cluster", default=None,
+                   help="cluster file (docs/clusters.md): run the mesh over the devices of every task listed; "
+                        "this process is task 0, the chief, unless --worker")
+    p.add_argument("--worker", action="store_true",
+                   help="serve task --task of --cluster's devices until the chief has finished, then exit")
+    p.add_argument("--task", type=int, default=None, help="with --worker: this host's task index in --cluster (1..)")
     p.add_argument("--peak_tflops", default=None,
                    help="peak TFLOP/s of one mesh device (of the whole machine on CPU), or a device in "
                         "trainer/flops.py (v3, a100, ...), for the MFU in the training log")
@@ -78,6 +86,9 @@ def parse_args(argv=None):
                         "the device's own when known: a GPU, or a TPU named by --peak_tflops; none on CPU), and "
                         "--auto_layout's choice must fit it (default: a TPU v3 core's 16)")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE anywhere among the flags
+    if args.worker or args.task is not None:
+        _check_worker_flags(p, args, argv if argv is not None else sys.argv[1:])
+        return args
     # TensorFlow loads from here on: --help has answered already.
     from ..trainer.config import ConfigError, parse_overrides
     from ..trainer.flops import parse_peak_tflops
@@ -97,15 +108,31 @@ def parse_args(argv=None):
             p.error("give --model (a config), or --model_path of a run (the config it recorded there)")
         args.model = str(args.overrides["model_path"]).rstrip("/") + "/config.json"
     _check_mode_flags(p, args)
+    if args.cluster and (args.tpu or args.gpu_ids):
+        p.error("--cluster lists the devices itself: drop --%s" % ("tpu" if args.tpu else "gpu_ids"))
     args.sampling_flags = [flag for flag in SAMPLING_FLAGS if getattr(args, flag) is not None]
     return args
+
+
+def _check_worker_flags(p, args, argv):
+    """A worker serves devices only: it takes --cluster and --task, and nothing else."""
+    if not args.worker:
+        p.error("--task applies to --worker (the chief is task 0 and takes no --task)")
+    if args.cluster is None or args.task is None:
+        p.error("--worker needs --cluster FILE and --task N (this host's index in the file)")
+    extra = [a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0] not in
+             ("--worker", "--cluster", "--task")] + (["KEY=VALUE"] if args.overrides else [])
+    if extra:
+        p.error("%s has no effect with --worker (it takes --cluster and --task; the chief runs the config)"
+                % extra[0])
+    args.mode = "worker"
 
 
 def _check_mode_flags(p, args):
     """Flags that would be silently ignored in this mode are errors instead."""
     used = {"prompt": ("predict", "train"), "output": ("predict",), "export_dir": ("export",),
             "device_memory": ("auto_layout", "auto_layout_and_mesh_shape", "train"), "new": ("train",),
-            "sacred_id": ("train", "eval", "predict")}
+            "sacred_id": ("train", "eval", "predict"), "cluster": ("train", "eval", "predict")}
     used.update({flag: ("predict", "export", "train") for flag in SAMPLING_FLAGS})
     for flag, modes in used.items():
         if getattr(args, flag) not in (None, False) and args.mode not in modes:

@@ -74,6 +74,13 @@ class Env:
         shutil.copytree(self.request.getfixturevalue("trained_model"), model_path)
         return self.config(model_path=model_path, dataset=dataset, **dict(SMALL, **overrides))
 
+    def cluster(self, tasks, shared=True):
+        """cluster.json: `tasks` tasks of one CPU each on 127.0.0.1 (never started by these rows)."""
+        raw = {"tasks": [{"address": "127.0.0.1:%d" % (2222 + i)} for i in range(tasks)]}
+        if shared:
+            raw["shared_model_path"] = True
+        return self.file("cluster.json", json.dumps(raw))
+
     def main(self, *argv):
         return self.tool(main_py.main, *argv)
 
@@ -193,6 +200,33 @@ ROWS = [
         "biggest tensors: ...); neither recompute_grad, tokens_per_mb_per_replica nor another layout on this mesh "
         "fits: use more devices or devices with more memory, or a smaller model",
         lambda env: env.main("--model", env.config(), "--device_memory", "0.001")),
+    # Clusters (docs/clusters.md)
+    Row("cluster-devices-mismatch", "mesh size differs from the cluster's devices",
+        "`\"mesh_shape\": \"x:2\"`, `--cluster cluster.json` listing 3 tasks of 1 CPU",
+        "`mesh_shape` x:2 has 2 positions but the cluster in <dir>/cluster.json has 3 device(s) (1 + 1 + 1); give "
+        "one device per mesh position or change mesh_shape",
+        lambda env: env.main("--model", env.config(mesh_shape="x:2"), "--cluster", env.cluster(3))),
+    Row("cluster-local-model-path", "multi-host run with a local `model_path`",
+        "`--cluster cluster.json` (2 tasks) and `\"model_path\": \"/data/model\"`",
+        "`model_path` <dir>/tiny_model is local, but each of the 2 cluster tasks writes its part of every checkpoint "
+        "there: use gs://..., or a shared filesystem mounted at the same path on every host with "
+        "\"shared_model_path\": true in <dir>/cluster.json",
+        lambda env: env.main("--model", env.config(mesh_shape="x:2"), "--cluster", env.cluster(2, shared=False))),
+    Row("cluster-unknown-key", "misspelled key in a cluster file", "`\"shared_model_paths\": true`",
+        "cluster file <dir>/cluster.json: unknown key 'shared_model_paths'; did you mean 'shared_model_path'? "
+        "(known: ...)",
+        lambda env: env.main("--model", env.config(mesh_shape="x:2"), "--cluster", env.file("cluster.json", json.dumps(
+            {"tasks": [{"address": "127.0.0.1:2222"}], "shared_model_paths": True})))),
+    Row("cluster-bad-address", "task address without a port", "`{\"address\": \"10.0.0.2\"}`",
+        "cluster file <dir>/cluster.json: task 1: address \"10.0.0.2\" is not host:port (e.g. 10.0.0.2:2222)",
+        lambda env: env.main("--worker", "--task", "1", "--cluster", env.file("cluster.json", json.dumps(
+            {"tasks": [{"address": "10.0.0.1:2222"}, {"address": "10.0.0.2"}]})))),
+    Row("cluster-worker-task-0", "`--worker` as task 0", "`gpt-neo --worker --cluster cluster.json --task 0`",
+        "--task 0: a worker is task 1..1 of <dir>/cluster.json (task 0 is the chief, which runs --model)",
+        lambda env: env.main("--worker", "--cluster", env.cluster(2), "--task", "0")),
+    Row("cluster-worker-without-task", "`--worker` without `--task`", "`gpt-neo --worker --cluster cluster.json`",
+        "--worker needs --cluster FILE and --task N (this host's index in the file)",
+        lambda env: env.main("--worker", "--cluster", env.cluster(2))),
     # Dataset configs
     Row("missing-dataset-config", "unknown dataset", "`\"datasets\": [\"nosuch\"]`",
         "dataset 'nosuch' has no config: looked for nosuch.json in <dir>/dataset_configs, ...",

@@ -12,8 +12,9 @@ from .model_fn import build_model_fn
 log = logging.getLogger("gptneo")
 
 
-def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_prompt_length=1):
-    """The TPUEstimator; `cluster` defaults to the TPU's resolver (None off TPU).
+def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_prompt_length=1, master=None):
+    """The TPUEstimator; `cluster` defaults to the TPU's resolver (None off TPU). `master` is the
+    chief's server (grpc://...) on a cluster of processes (trainer/cluster.py).
 
     Generation prefills the first `min_prompt_length` - 1 positions, which every prompt must fill.
     """
@@ -28,6 +29,9 @@ def build_estimator(config, hardware, steps_per_checkpoint, cluster=None, min_pr
     run_config = tpu_config_lib.RunConfig(
         cluster=cluster or hardware.cluster_resolver(),
         model_dir=config.model_path,
+        # Given explicitly, as the cluster in the session config: TF_CONFIG would turn on the
+        # Estimator's own distributed roles (parameter servers, evaluator), which this trainer does not use.
+        master=master,
         # Our own sharded saver (see trainer/checkpoints.py) replaces the default one.
         save_checkpoints_steps=None,
         save_checkpoints_secs=None,

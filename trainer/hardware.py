@@ -23,6 +23,7 @@ class Hardware:
     tpu_name: Optional[str] = None
     # --peak_tflops: TFLOP/s per device (for the machine on CPU) or a device name; see trainer.flops.mesh_peak.
     peak_tflops: Optional[Union[float, str]] = None
+    cluster: Optional[object] = None  # a trainer.cluster.Cluster: devices of several processes (--cluster)
 
     @property
     def use_tpu(self):
@@ -35,6 +36,8 @@ class Hardware:
         return not self.use_tpu or self.tpu_name == "local"
 
     def session_config(self):
+        if self.cluster is not None:
+            return self.cluster.session_config()
         if self.kind == "cpu":
             # One virtual CPU device per mesh position; all share this machine's cores.
             return tf.ConfigProto(device_count={"CPU": len(self.devices)}, allow_soft_placement=True)
@@ -52,9 +55,13 @@ class Hardware:
                               "name in this project and zone" % (self.tpu_name, e)) from None
 
 
-def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None, peak_tflops=None):
-    """TPU if `--tpu` is given; else `--gpu_ids` (or all visible GPUs); else virtual CPUs."""
+def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None, peak_tflops=None, cluster=None):
+    """TPU if `--tpu` is given; the devices of every task of `cluster` (--cluster); else `--gpu_ids`
+    (or all visible GPUs); else virtual CPUs."""
     size = mesh_config.size
+    if cluster is not None:
+        cluster.check_mesh(mesh_config)
+        return Hardware(cluster.kind, cluster.devices, peak_tflops=peak_tflops, cluster=cluster)
     if tpu:
         return Hardware("tpu", tpu_name=tpu, peak_tflops=peak_tflops)
     if visible_gpus is None:
@@ -132,7 +139,12 @@ def mesh_implementation(hardware, mesh_config, params, seed, step):
     shape = mtf.convert_to_shape(mesh_config.shape_string)
     layout = mtf.convert_to_layout_rules(mesh_config.layout_string)
     if not hardware.use_tpu:
-        return PlacementMeshImpl(shape, layout, list(hardware.devices), seed=seed, step=step), None
+        impl = PlacementMeshImpl(shape, layout, list(hardware.devices), seed=seed, step=step)
+        if hardware.cluster is None:
+            return impl, None
+        # The checkpointed (master) variables are spread over the tasks' memory, so each task saves
+        # and restores its own part (model_path is shared storage, trainer/cluster.py).
+        return impl, mtf.utils.BalancedVariablePlacer(list(hardware.cluster.host_devices))
     context = params["context"]
     num_hosts = context.num_hosts
     host_devices = [context.tpu_host_placement_function(host_id=i) for i in range(num_hosts)]

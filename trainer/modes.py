@@ -1,6 +1,7 @@
 """What `gpt-neo` (main.py) does once its arguments are parsed (cli/gpt_neo.py): load the config, check
 everything the mode needs, then train, evaluate, sample, export, check the data or choose a layout.
 """
+import contextlib
 import dataclasses
 import json
 import logging
@@ -15,6 +16,7 @@ from ..meshtf import tf
 from ..tfrecords_tools import check_dataset
 from . import auto_layout
 from .checkpoints import latest_checkpoint, latest_step
+from .cluster import Chief, ClusterUnavailable, check_model_path, load_cluster, serve
 from .config import load_config, raw_config, validate
 from .estimator import build_estimator, train
 from .evaluation import Evaluator
@@ -124,6 +126,8 @@ def record_run(config, args):
 
 
 def run(args):
+    if args.worker:
+        return serve(load_cluster(args.cluster), args.task)
     overrides = dict(args.overrides)
     if args.mode.startswith("auto_layout"):
         overrides.setdefault("layout", "")  # to be chosen; the config's may not fit an overridden mesh_shape
@@ -139,6 +143,10 @@ def run(args):
     if args.eval and not config.train.evaluates:
         raise ConfigError("--eval needs `eval_steps` > 0 (the number of eval batches) and `eval_batch_size`, "
                           "or `eval_tasks`")
+    cluster = load_cluster(args.cluster) if args.cluster else None
+    if cluster is not None:  # before anything is written or started
+        cluster.check_mesh(config.mesh)
+        check_model_path(cluster, config.model_path)
     if args.new:
         start_over(config.model_path)
     if mode == "train":
@@ -149,7 +157,7 @@ def run(args):
         paths = export(config, args.export_dir or config.model_path.rstrip("/") + "/export")
         log.info("exported logits to %s and generation to %s", paths["logits"], paths["generate"])
         return
-    hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids, peak_tflops=args.peak_tflops)
+    hardware = select_hardware(config.mesh, args.tpu, args.gpu_ids, peak_tflops=args.peak_tflops, cluster=cluster)
     parameters = preflight(config, mode, device_of(hardware, args.device_memory))
     tokenizer = tokenizer_for(config.data) if config.data.dataset_configs else None
     # Everything a mode reads is found now, before any step runs: samples' prompts, evaluation's files.
@@ -163,21 +171,28 @@ def run(args):
     log.info("%s: %s parameters (%d layers, n_embd %d, n_ctx %d) on %s mesh %s, layout %s", config.name,
              "{:,}".format(parameters), config.model.n_layer, config.model.n_embd, config.model.n_ctx,
              hardware.kind, config.mesh.shape_string, layout.layout_string or "replicated")
-    # The generation graph prefills the positions every prompt has in one parallel pass.
-    estimator = build_estimator(config, hardware, args.steps_per_checkpoint,
-                                min_prompt_length=min(len(row.tokens) for row in rows) if rows else 1)
-    if args.predict:
-        output = args.output or samples_path(config, latest_step(config.model_path), args.sacred_id)
-        predict(estimator, config, tokenizer, rows, output)
-        return
-    if args.eval:
-        evaluator.run(estimator)
-        return
+    with Chief(cluster, config.model_path) if cluster else contextlib.nullcontext() as chief:
+        try:
+            # The generation graph prefills the positions every prompt has in one parallel pass.
+            estimator = build_estimator(config, hardware, args.steps_per_checkpoint,
+                                        min_prompt_length=min(len(row.tokens) for row in rows) if rows else 1,
+                                        master=chief.target if chief else None)
+            if args.predict:
+                output = args.output or samples_path(config, latest_step(config.model_path), args.sacred_id)
+                predict(estimator, config, tokenizer, rows, output)
+                return
+            if args.eval:
+                evaluator.run(estimator)
+                return
 
-    def sample(step):
-        predict(estimator, config, tokenizer, rows, samples_path(config, step, args.sacred_id))
+            def sample(step):
+                predict(estimator, config, tokenizer, rows, samples_path(config, step, args.sacred_id))
 
-    train(estimator, config, args.steps_per_checkpoint, evaluator, sample if rows else None)
+            train(estimator, config, args.steps_per_checkpoint, evaluator, sample if rows else None)
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
+            if chief is None:
+                raise
+            raise chief.lost_now(e) from None
 
 
 def main(args):
@@ -197,6 +212,9 @@ def main(args):
         return 1
     except StoppedEarly as e:  # not an error: a retry loop runs the command again (docs/tpu-vm.md)
         log.info("%s", e)
+        return EXIT_STOPPED
+    except ClusterUnavailable as e:  # resumable as a stop: restart the lost task and run again
+        print("error: %s" % e, file=sys.stderr)
         return EXIT_STOPPED
     except tf.errors.InvalidArgumentError as e:
         # Assertions in the input pipeline carry a user-facing message; anything else is a bug.
