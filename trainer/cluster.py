@@ -125,7 +125,7 @@ class Cluster:
                               "another task's?" % (index, task.port, task.address, text)) from None
 
     def unreachable(self, indices):
-        """The first of the tasks `indices` that does not accept a TCP connection now, or None."""
+        """The first of the tasks `indices` whose server does not answer now (see `reachable`), or None."""
         return next((i for i in indices if not reachable(self.tasks[i])), None)
 
     def wait_for(self, indices, timeout):
