@@ -144,8 +144,7 @@ def load_teacher(path):
     """(ModelConfig, layout, model_path or None) of a distillation teacher's model config (`distill_teacher`,
     local or gs://): its model keys and its `layout`. It is a whole model config (ours, or the one
     convert.huggingface import writes), whose other keys must be known but are not read."""
-    what = "teacher config %s (`distill_teacher`)" % path
-    raw = storage.read_json(resolve_model_path(path), what)
+    raw = storage.read_json(resolve_model_path(path), "teacher config (`distill_teacher`)")
     try:
         _check_keys(raw)
         missing = [k for k in ("n_ctx", "n_embd", "n_head", "n_layer", "n_vocab", "attention_types") if k not in raw]
@@ -157,7 +156,7 @@ def load_teacher(path):
         layout = parse_layout(raw.get("layout") or "")
         model_path = _coerce("model_path", raw.get("model_path"), Optional[str], source="its")
     except ConfigError as e:
-        raise ConfigError("%s: %s" % (what, e)) from None
+        raise ConfigError("teacher config %s (`distill_teacher`): %s" % (path, e)) from None
     return model, layout, model_path
 
 

@@ -230,8 +230,9 @@ def replica_tokens(config):
 
 def training_mesh(config):
     """The MeshConfig a training step is laid out with: `mesh`, plus with a distillation teacher the
-    teacher's own `layout` for its dimensions (dims.teacher_name: named apart from the student's)."""
-    teacher = tuple((dims.teacher_name(t), m) for t, m in config.distill.teacher_layout)
+    teacher's own `layout` for its dimensions (dims.TEACHER_DIMS, named apart from the student's; validation
+    makes its layout of the shared ones, batch and positions, the student's)."""
+    teacher = tuple((dims.teacher_name(t), m) for t, m in config.distill.teacher_layout if t in dims.TEACHER_DIMS)
     return dataclasses.replace(config.mesh, layout=config.mesh.layout + teacher) if teacher else config.mesh
 
 
