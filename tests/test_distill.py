@@ -136,15 +136,7 @@ def test_only_the_student_learns_and_is_saved_and_its_checkpoint_loads_in_transf
     losses, values = train_in_process(config, 3)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
-    # Every teacher variable, master and slice, still holds the teacher checkpoint's value, bit for bit.
-    teacher_names = set(stored.get_variable_to_shape_map()) - {"global_step"}
-    teacher_weights = {n for n in teacher_names if "/adam_" not in n}
-    masters = {name[len("teacher/"):] for name in values if "_slice_" not in name}
-    assert masters == teacher_weights
-    assert len(values) == 2 * len(teacher_weights)  # one slice each on one device
-    for name, value in values.items():
-        original = stored.get_tensor(re.sub(r"_slice_\d+$", "", name[len("teacher/"):]))
-        assert value.tobytes() == original.tobytes(), name
+    assert_teacher_holds(values, stored)
 
     # The student's checkpoint holds the student alone: its weights (a quarter of the width), Adam's slots.
     prefix = tf.train.latest_checkpoint(config.model_path)
@@ -162,6 +154,28 @@ def test_only_the_student_learns_and_is_saved_and_its_checkpoint_loads_in_transf
     with torch.no_grad():
         logits = model(torch.as_tensor(ids)).logits.numpy()
     assert np.abs(logits - checkpoint_logits(config, prefix, ids)).max() <= 1e-4
+
+    # A HuggingFace import (that export, imported back) teaches as well: its config_from_hf.json is the teacher's.
+    imported, _ = hf.import_hf(exported, str(tmp_path / "imported"))
+    path = write_config(root, "from_hf", **STUDENT, distill_teacher=str(tmp_path / "imported" / "config_from_hf.json"),
+                        warmup_steps=0)
+    config = load_config(path)
+    assert config.distill.teacher.n_embd == 16 and config.distill.distill_teacher_checkpoint == str(tmp_path / "imported")
+    losses, values = train_in_process(config, 1)
+    assert np.isfinite(losses[0])
+    assert_teacher_holds(values, tf.train.load_checkpoint(imported))
+
+
+def assert_teacher_holds(values, stored):
+    """Every teacher variable (`values`: {TF name: value}, masters and slices) holds the value of the
+    checkpoint `stored` (a reader) bit for bit, and the teacher has every weight the checkpoint holds."""
+    teacher_weights = {n for n in stored.get_variable_to_shape_map() if n != "global_step" and "/adam_" not in n}
+    masters = {name[len("teacher/"):] for name in values if "_slice_" not in name}
+    assert masters == teacher_weights
+    assert len(values) == 2 * len(teacher_weights)  # one slice each on one device
+    for name, value in values.items():
+        original = stored.get_tensor(re.sub(r"_slice_\d+$", "", name[len("teacher/"):]))
+        assert value.tobytes() == original.tobytes(), name
 
 
 def test_bfloat16_student_and_teacher_train_as_float32_does(root, teacher):

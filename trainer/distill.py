@@ -38,17 +38,18 @@ def distillation_loss(student_logits, teacher_logits, vocab, temperature, top_k=
     teacher = mtf.to_float(teacher_logits) / temperature
     student = mtf.to_float(student_logits) / temperature
     log_q = student - mtf.reduce_logsumexp(student, vocab)
-    highest = mtf.reduce_max(teacher, reduced_dim=vocab)
     if top_k:
         # The k-th largest logit; ties with it are kept too.
         values, _ = mtf.top_k(teacher, vocab, mtf.Dimension("distill_top_k", top_k))
         kept = mtf.cast(mtf.greater_equal(teacher, mtf.reduce_min(values, reduced_dim=values.shape.dims[-1])),
                         tf.float32)
+        highest = mtf.reduce_max(teacher, reduced_dim=vocab)  # always kept
+        # log p stays finite for the tokens cut off (p is 0 there, so they add 0 to the sum).
+        log_p = teacher - (mtf.log(mtf.reduce_sum(mtf.exp(teacher - highest) * kept, reduced_dim=vocab)) + highest)
+        p = mtf.exp(log_p) * kept
     else:
-        kept = mtf.ones(teacher.mesh, teacher.shape, tf.float32)
-    # log p stays finite for the tokens cut off (p is 0 there, so they add 0 to the sum).
-    log_p = teacher - (mtf.log(mtf.reduce_sum(mtf.exp(teacher - highest) * kept, reduced_dim=vocab)) + highest)
-    p = mtf.exp(log_p) * kept
+        log_p = teacher - mtf.reduce_logsumexp(teacher, vocab)
+        p = mtf.exp(log_p)
     return temperature ** 2 * mtf.reduce_sum(p * (log_p - log_q), reduced_dim=vocab)
 
 
