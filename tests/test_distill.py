@@ -2,7 +2,8 @@
 top-k; only the student learns and only it is saved, and its checkpoint loads in HuggingFace; on the
 sample corpus a student a quarter of its teacher's width, distilled, reaches a lower validation loss
 than the same student trained on the labels alone; kill -9 and resume repeat the uninterrupted
-losses; a teacher with a layout of its own trains on a 2x4 mesh as on one device, and builds for TPU."""
+losses, and a diverging run stops without saving; a teacher with a layout of its own trains on a 2x4 mesh as
+on one device, and builds for TPU; memory and FLOPs count the teacher; bad keys are one-line errors."""
 import copy
 import json
 import os
@@ -191,11 +192,10 @@ def test_bfloat16_student_and_teacher_train_as_float32_does(root, teacher):
     np.testing.assert_allclose(train_in_process(bf16, 3)[0], train_in_process(f32, 3)[0], rtol=2e-2)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_distilled_quarter_width_student_beats_the_same_student_on_labels_alone(root, teacher, seed):
-    """N steps each (validation cross-entropy after the last one). Seeds 1, 2 and 3 all hold, with
-    margins of 0.3-0.4 nats (docs/distillation.md); two run here."""
-    steps = 40
+def test_a_distilled_quarter_width_student_beats_the_same_student_on_labels_alone(root, teacher):
+    """40 steps each, validation cross-entropy after the last one. Seeds 1, 2 and 3 all hold, with margins of
+    0.29-0.39 nats (docs/distillation.md); seed 1 runs here."""
+    steps, seed = 40, 1
     results = {}
     for kind, keys in (("labels", {}), ("distilled", dict(distill_teacher=teacher, distill_alpha=0.5))):
         path = write_config(root, "%s_%d" % (kind, seed), **STUDENT, **keys, train_steps=steps, iterations=steps,
@@ -235,6 +235,22 @@ def test_kill_9_and_resume_repeat_the_uninterrupted_distillation(root, teacher, 
         events = scalar_events(killed, tag)
         assert sorted({step for step, _ in events}) == sorted(values)
         np.testing.assert_allclose([v for _, v in events], [values[s] for s, _ in events], rtol=0, atol=1e-6)
+
+
+def test_a_diverging_distillation_stops_without_saving(root, teacher, capsys):
+    """The NaN guard watches the blended loss: a huge lr makes it NaN, and the newest checkpoint stays the last
+    finite one (of the student alone)."""
+    path = write_config(root, "diverged", **STUDENT, distill_teacher=teacher, lr=1e30, train_steps=6, iterations=1,
+                        warmup_steps=0)
+    assert run_main("--model", path, "--steps_per_checkpoint", "1") == 1
+    model_path = load_config(path).model_path
+    newest = checkpoints.latest_step(model_path)
+    assert re.fullmatch(r"error: the loss is nan at step %d; stopped without saving, so model\.ckpt-%d stays the "
+                        r"newest checkpoint in .*" % (newest + 1, newest), capsys.readouterr().err.splitlines()[-1])
+    reader = tf.train.load_checkpoint(checkpoints.latest_checkpoint(model_path))
+    names = reader.get_variable_to_shape_map()
+    assert names and not [n for n in names if n.startswith("teacher")]
+    assert all(np.isfinite(reader.get_tensor(name)).all() for name in names)
 
 
 def graph_teacher(tmp_path, layout, **model):
