@@ -5,6 +5,7 @@ than the same student trained on the labels alone; kill -9 and resume repeat the
 losses, and a diverging run stops without saving; a teacher with a layout of its own trains on a 2x4 mesh as
 on one device, and builds for TPU; memory and FLOPs count the teacher; bad keys are one-line errors."""
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -23,8 +24,8 @@ from convert import huggingface as hf
 from errors import ConfigError
 from inputs.sequential import dataset_fn
 from meshtf import mtf, tf
-from trainer import checkpoints, distill
-from trainer.config import build_config, load_config
+from trainer import checkpoints, distill, flops
+from trainer.config import load_config
 from trainer.config.schema import training_mesh
 from trainer.hardware import Hardware
 from trainer.memory import estimate
@@ -161,7 +162,8 @@ def test_only_the_student_learns_and_is_saved_and_its_checkpoint_loads_in_transf
     path = write_config(root, "from_hf", **STUDENT, distill_teacher=str(tmp_path / "imported" / "config_from_hf.json"),
                         warmup_steps=0)
     config = load_config(path)
-    assert config.distill.teacher.n_embd == 16 and config.distill.distill_teacher_checkpoint == str(tmp_path / "imported")
+    assert config.distill.teacher.n_embd == 16
+    assert config.distill.distill_teacher_checkpoint == str(tmp_path / "imported")
     losses, values = train_in_process(config, 1)
     assert np.isfinite(losses[0])
     assert_teacher_holds(values, tf.train.load_checkpoint(imported))
@@ -192,7 +194,7 @@ def test_bfloat16_student_and_teacher_train_as_float32_does(root, teacher):
     np.testing.assert_allclose(train_in_process(bf16, 3)[0], train_in_process(f32, 3)[0], rtol=2e-2)
 
 
-def test_a_distilled_quarter_width_student_beats_the_same_student_on_labels_alone(root, teacher):
+def test_a_distilled_quarter_width_student_beats_the_same_student_on_labels_alone(root, teacher, capsys):
     """40 steps each, validation cross-entropy after the last one. Seeds 1, 2 and 3 all hold, with margins of
     0.29-0.39 nats (docs/distillation.md); seed 1 runs here."""
     steps, seed = 40, 1
@@ -205,6 +207,10 @@ def test_a_distilled_quarter_width_student_beats_the_same_student_on_labels_alon
             [result] = [json.loads(line) for line in f]
         assert result["global_step"] == steps
         results[kind] = result["cross_entropy"]
+        # The log line shows both terms of a distillation step's loss, and only then.
+        [line] = [line for line in capsys.readouterr().out.splitlines() if " step %d/%d " % (steps, steps) in line]
+        terms = re.search(r"\| grad_norm \S+ \| label_loss [0-9.]+ \| distill_loss [0-9.]+ \| \d+ tokens/s", line)
+        assert bool(terms) == (kind == "distilled"), line
     assert results["distilled"] < results["labels"] - 0.15, results
 
 
@@ -303,15 +309,15 @@ def test_a_teacher_with_its_own_layout_trains_on_eight_devices_as_on_one(tmp_pat
                 session.run(lowering.copy_masters_to_slices())
                 return session.run(outputs)
 
-    one = run(dataclass_on_one_device(config), 1)
+    one = run(on_one_device(config), 1)
     eight = run(config, 8)
     assert one[2] > 0  # the distillation term
     for a, b in zip(one, eight):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def dataclass_on_one_device(config):
-    import dataclasses
+def on_one_device(config):
+    """`config` on a one-device mesh, student and teacher unsplit."""
     return dataclasses.replace(config, mesh=dataclasses.replace(config.mesh, mesh_shape=(("x", 1),), layout=()),
                                distill=dataclasses.replace(config.distill, teacher_layout=()))
 
@@ -337,9 +343,6 @@ def test_the_tpu_simd_training_graph_builds_with_a_teacher_outside_the_checkpoin
 def test_memory_and_flops_count_the_teachers_forward(tmp_path):
     teacher, _ = graph_teacher(tmp_path, "batch:x,heads:y,vocab:y")
     config = graph_student(tmp_path, "x:2,y:4", "batch:x,embd:y", teacher)
-    import dataclasses
-
-    from trainer import flops
     alone = dataclasses.replace(config, distill=dataclasses.replace(config.distill, teacher=None, teacher_layout=()))
     with_teacher, student = estimate(config).at(), estimate(alone).at()
     # The teacher's weights, split as its layout says (heads and vocab over y of 4; the rest whole), float32.

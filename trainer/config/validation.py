@@ -384,7 +384,8 @@ def _check_teacher_layout(config):
                               "two layouts agree on %r" % (k.distill_teacher, tensor_dim, mesh_dim,
                                                            student.get(tensor_dim), ", ".join(dims.TEACHER_DIMS),
                                                            tensor_dim))
-    teacher = dataclasses.replace(config, model=k.teacher, mesh=dataclasses.replace(config.mesh, layout=k.teacher_layout))
+    teacher = dataclasses.replace(config, model=k.teacher,
+                                  mesh=dataclasses.replace(config.mesh, layout=k.teacher_layout))
     try:
         _check_model(k.teacher)
         _check_block(k.teacher)
