@@ -29,11 +29,11 @@ import time
 import numpy as np
 from common import THREADS, VOCAB, raw_config
 
-from meshtf import mtf, tf
-from trainer import distill, flops
-from trainer.config import build_config
-from trainer.optimizer import minimize
-from trainer.step import objective
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.trainer import distill, flops
+from gpt_neo_mtf.trainer.config import build_config
+from gpt_neo_mtf.trainer.optimizer import minimize
+from gpt_neo_mtf.trainer.step import objective
 
 
 def configs(args, directory):

@@ -11,10 +11,10 @@
 With `rotary_emb`, queries and keys of every kind are first turned by their position (models/positions.py).
 Variable scopes and names are checkpoint API (see the original's variable table).
 """
-from meshtf import mtf, tf
-from models import dims as names
-from models.layers import dropout, normal_initializer
-from models.positions import rotary_angles, rotate
+from ..meshtf import mtf, tf
+from . import dims as names
+from .layers import dropout, normal_initializer
+from .positions import rotary_angles, rotate
 
 GLOBAL_MASK_VALUE = -1e10
 LOCAL_MASK_VALUE = -1e9

@@ -7,7 +7,7 @@ keys and values along `memory_length`.
 import dataclasses
 from dataclasses import dataclass
 
-from meshtf import mtf
+from ..meshtf import mtf
 
 BATCH = "batch"
 SEQUENCE = "sequence"

@@ -5,9 +5,9 @@ scope below is written literally where the variable is created.
 """
 import zlib
 
-from meshtf import mtf, tf
-from models import dims as names
-from models.activations import activation
+from ..meshtf import mtf, tf
+from . import dims as names
+from .activations import activation
 
 LAYER_NORM_EPSILON = 1e-5
 

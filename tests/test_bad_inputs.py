@@ -18,9 +18,9 @@ from conftest import REPO, TINY, run_main, write_dataset_config
 from test_inputs import write_records
 
 import main as main_py
-from convert import huggingface
-from tfrecords_tools import check_dataset, create_tfrecords
-from trainer import loss_plot
+from gpt_neo_mtf.convert import huggingface
+from gpt_neo_mtf.tfrecords_tools import check_dataset, create_tfrecords
+from gpt_neo_mtf.trainer import loss_plot
 
 Row = collections.namedtuple("Row", "id input example message run")
 Row.__doc__ = """id: test id; input: what is wrong; example: how to produce it (README); message: the error

@@ -20,17 +20,17 @@ from test_huggingface_convert import hf_load
 from test_model import v3_8_context
 from test_resilience import EVERY, Training
 
-from convert import huggingface as hf
-from errors import ConfigError
-from inputs.sequential import dataset_fn
-from meshtf import mtf, tf
-from trainer import checkpoints, distill, flops
-from trainer.config import load_config
-from trainer.config.schema import training_mesh
-from trainer.hardware import Hardware
-from trainer.memory import estimate
-from trainer.model_fn import build_model_fn
-from trainer.step import objective
+from gpt_neo_mtf.convert import huggingface as hf
+from gpt_neo_mtf.errors import ConfigError
+from gpt_neo_mtf.inputs.sequential import dataset_fn
+from gpt_neo_mtf.meshtf import mtf, tf
+from gpt_neo_mtf.trainer import checkpoints, distill, flops
+from gpt_neo_mtf.trainer.config import load_config
+from gpt_neo_mtf.trainer.config.schema import training_mesh
+from gpt_neo_mtf.trainer.hardware import Hardware
+from gpt_neo_mtf.trainer.memory import estimate
+from gpt_neo_mtf.trainer.model_fn import build_model_fn
+from gpt_neo_mtf.trainer.step import objective
 
 N_CTX = 32
 TEACHER_STEPS = 200

@@ -13,9 +13,9 @@ import numpy as np
 from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.ops import io_ops
 
-from errors import ConfigError
-from meshtf import mtf, tf
-from trainer.guards import RefuseNonFinite
+from ..errors import ConfigError
+from ..meshtf import mtf, tf
+from .guards import RefuseNonFinite
 
 log = logging.getLogger("gptneo")
 

@@ -15,13 +15,13 @@ and are never saved in the student's checkpoints (checkpoints.UNSAVED).
 """
 from tensorflow.python.ops import io_ops
 
-from meshtf import mtf, tf
-from models import dims
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt, variable_dtype
-from trainer import checkpoints
-from trainer.checkpoints import CheckpointError
+from ..meshtf import mtf, tf
+from ..models import dims
+from ..models.context import Context
+from ..models.dims import Dims
+from ..models.gpt import gpt, variable_dtype
+from . import checkpoints
+from .checkpoints import CheckpointError
 
 SCOPE = "teacher"
 

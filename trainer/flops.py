@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from meshtf import tf
+from ..meshtf import tf
 
 # Peak dense matmul TFLOP/s of ONE TensorFlow device (one mesh position), by the dtype the matrix
 # units compute in. Vendor figures, no sparsity.

@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 
-from meshtf import tf
-from trainer import flops
-from trainer.step import DISTILL_METRICS
+from ..meshtf import tf
+from . import flops
+from .step import DISTILL_METRICS
 
 log = logging.getLogger("gptneo")
 

@@ -45,10 +45,10 @@ from typing import Tuple
 
 import numpy as np
 
-from meshtf import mtf
-from trainer.config import ConfigError
-from trainer.config.schema import replica_tokens, training_mesh
-from trainer.step import nodes, symbolic
+from ..meshtf import mtf
+from .config import ConfigError
+from .config.schema import replica_tokens, training_mesh
+from .step import nodes, symbolic
 
 GiB = 2 ** 30
 # Share of a device's memory the estimate may use; the rest is for what it does not count.

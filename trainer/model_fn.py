@@ -2,17 +2,17 @@
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from tensorflow_estimator.python.estimator.tpu.tpu_estimator import TPUEstimatorSpec
 
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt, gpt_losses, variable_dtype
-from models.sampling import generate
-from trainer import checkpoints, distill, evaluation, hooks
-from trainer.config.schema import training_mesh
-from trainer.hardware import mesh_implementation
-from trainer.optimizer import gradient_norms, minimize
-from trainer.spikes import LossSpikes
-from trainer.step import objective
+from ..meshtf import mtf, tf
+from ..models.context import Context
+from ..models.dims import Dims
+from ..models.gpt import gpt, gpt_losses, variable_dtype
+from ..models.sampling import generate
+from . import checkpoints, distill, evaluation, hooks
+from .config.schema import training_mesh
+from .hardware import mesh_implementation
+from .optimizer import gradient_norms, minimize
+from .spikes import LossSpikes
+from .step import objective
 
 MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
 

@@ -6,7 +6,7 @@ variable name (`gpt2/h0/attn/q/adam_m`), which HuggingFace's loader knows to ski
 import math
 import re
 
-from meshtf import mtf, tf
+from ..meshtf import mtf, tf
 
 # Adam's decoupled weight decay skips variables whose name matches these (the original's rule:
 # norm_1/norm_2 and all biases are excluded; ln_f, embeddings and kernels are decayed).

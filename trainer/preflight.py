@@ -15,16 +15,16 @@ import logging
 import re
 from dataclasses import dataclass
 
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt_losses
-from trainer import auto_layout
-from trainer.config import ConfigError
-from trainer.config.schema import training_mesh
-from trainer.flops import TPUS, _gpu_model_name
-from trainer.memory import GiB, TPU_MEMORY, USABLE, DeviceMemory, estimate, largest_microbatch, lifetimes
-from trainer.step import nodes, symbolic
+from ..meshtf import mtf, tf
+from ..models.context import Context
+from ..models.dims import Dims
+from ..models.gpt import gpt_losses
+from . import auto_layout
+from .config import ConfigError
+from .config.schema import training_mesh
+from .flops import TPUS, _gpu_model_name
+from .memory import GiB, TPU_MEMORY, USABLE, DeviceMemory, estimate, largest_microbatch, lifetimes
+from .step import nodes, symbolic
 
 log = logging.getLogger("gptneo")
 

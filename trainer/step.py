@@ -16,12 +16,12 @@ graph.operations); the walk takes them out.
 from dataclasses import dataclass
 from typing import Tuple
 
-from meshtf import mtf, tf
-from models.context import Context
-from models.dims import Dims
-from models.gpt import gpt_losses, variable_dtype
-from trainer import distill, optimizer
-from trainer.config import microbatches
+from ..meshtf import mtf, tf
+from ..models.context import Context
+from ..models.dims import Dims
+from ..models.gpt import gpt_losses, variable_dtype
+from . import distill, optimizer
+from .config import microbatches
 
 # The terms a distillation step reports beside its loss (trainer/hooks.py logs them).
 DISTILL_METRICS = ("label_loss", "distill_loss")

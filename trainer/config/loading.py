@@ -12,13 +12,13 @@ import re
 import typing
 from typing import Optional
 
-import storage
-from errors import ConfigError, did_you_mean
-from meshtf import tf
-from models.moe import MoeParams
-from trainer.config.schema import (ATTENTION_KINDS, Config, DataConfig, DatasetConfig, DatasetEntry, DistillConfig,
-                                   MeshConfig, ModelConfig, PredictConfig, TrainConfig)
-from trainer.config.validation import validate
+from ... import storage
+from ...errors import ConfigError, did_you_mean
+from ...meshtf import tf
+from ...models.moe import MoeParams
+from .schema import (ATTENTION_KINDS, Config, DataConfig, DatasetConfig, DatasetEntry, DistillConfig, MeshConfig,
+                     ModelConfig, PredictConfig, TrainConfig)
+from .validation import validate
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 

@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from models import dims
-from models.moe import MoeParams
-from models.sampling import PredictConfig
+from ...models import dims
+from ...models.moe import MoeParams
+from ...models.sampling import PredictConfig
 
 # The values of keys that name a choice.
 ATTENTION_KINDS = ("global", "local", "linear", "none")

@@ -5,11 +5,11 @@ and the fix. `validate` runs on every config loaded and again after flags change
 import dataclasses
 import json
 
-from errors import ConfigError, did_you_mean
-from inputs import lambada
-from models import dims, moe
-from models.activations import ACTIVATIONS
-from trainer.config.schema import EVAL_TASKS, INPUT_FNS, PRECISIONS, SAMPLING_MODES, replica_tokens
+from ...errors import ConfigError, did_you_mean
+from ...inputs import lambada
+from ...models import dims, moe
+from ...models.activations import ACTIVATIONS
+from .schema import EVAL_TASKS, INPUT_FNS, PRECISIONS, SAMPLING_MODES, replica_tokens
 
 
 def validate(config):
