@@ -225,8 +225,8 @@ def _causal_linear_attention(q, k, v, d, causal):
 
 def _linear_attention(q, k, v, d):
     """Not causal: out = q·Σ_s kᵀv_s with q softmaxed over its features and k over the sequence."""
-    q = _key_features(mtf.softmax(mtf.to_float(q), d.features_per_head))
-    k = _key_features(mtf.softmax(mtf.to_float(k), d.sequence))
+    q = _key_features(mtf.softmax(mtf.to_float(q), d.features_per_head), d)
+    k = _key_features(mtf.softmax(mtf.to_float(k), d.sequence), d)
     state = mtf.einsum([k, mtf.to_float(v)], output_shape=[d.batch, d.heads, _key_features_dim(d), d.features_per_head])
     return mtf.cast(mtf.einsum([q, state], output_shape=[d.batch, d.sequence, d.heads, d.features_per_head]), v.dtype)
 
@@ -235,9 +235,9 @@ def _key_features_dim(d):
     return mtf.Dimension(names.FEATURES_PER_HEAD_IN, d.features_per_head.size)
 
 
-def _key_features(x):
+def _key_features(x, d):
     """Features of a query or key renamed, so that kᵀv has two feature dimensions."""
-    return mtf.rename_dimension(x, names.FEATURES_PER_HEAD, names.FEATURES_PER_HEAD_IN)
+    return mtf.rename_dimension(x, d.features_per_head.name, names.FEATURES_PER_HEAD_IN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def decode_state(kind, mesh, ctx, keys_values=None):
         if keys_values is None:
             return tuple(mtf.zeros(mesh, mtf.Shape(shape)) for shape in shapes)
         keys, values = keys_values
-        phi_k = _key_features(mtf.exp(mtf.to_float(keys)))
+        phi_k = _key_features(mtf.exp(mtf.to_float(keys)), d)
         return (mtf.einsum([phi_k, mtf.to_float(values)], output_shape=shapes[0]),
                 mtf.reduce_sum(phi_k, output_shape=shapes[1]))
     ring = kind == "local" and ctx.c.local_attention_radius < d.sequence.size
@@ -355,10 +355,10 @@ def _linear_step(q, k, v, state, d):
     """Causal linear attention of one position: add φ(k)ᵀv and φ(k) to the sums, then
     out = q·Σφ(k)ᵀv / q·(Σφ(k) + ε)."""
     kv_sum, k_sum = state
-    phi_k = _key_features(mtf.exp(mtf.to_float(k)))
+    phi_k = _key_features(mtf.exp(mtf.to_float(k)), d)
     kv_sum += mtf.einsum([phi_k, mtf.to_float(v)], output_shape=kv_sum.shape)
     k_sum += phi_k
-    q = _key_features(mtf.softmax(mtf.to_float(q), d.features_per_head))
+    q = _key_features(mtf.softmax(mtf.to_float(q), d.features_per_head), d)
     numerator = mtf.einsum([q, kv_sum], output_shape=[d.batch, d.heads, d.features_per_head])
     normaliser = mtf.einsum([q, k_sum + LINEAR_EPSILON], output_shape=[d.batch, d.heads])
     return mtf.cast(numerator / normaliser, v.dtype), (kv_sum, k_sum)

@@ -61,6 +61,16 @@ FEATURE_DIMS = (MEM_KV_SEQUENCE, "axial_dim", AXIAL_DIM_0, AXIAL_DIM_1,
 LAYOUT_DIMS = MODEL_DIMS + FEATURE_DIMS
 # Dimensions along positions. Sampling leaves them whole (trainer.config.MeshConfig.for_decoding): its
 # lengths (a prompt's prefill, the decode length) seldom divide a mesh dimension.
+# A distillation teacher (trainer/distill.py) runs beside the student in one graph, laid out by its own
+# config's `layout`: its dimensions along the model's width and vocabulary get names of their own
+# (`teacher_name`). It reads the student's batch, so the dimensions along the batch and positions stay shared.
+TEACHER_DIMS = (EMBD, HEADS, FEATURES_PER_HEAD, VOCAB, INTERMEDIATE_EXPANDED, EMBED_SEQUENCE)
+
+
+def teacher_name(name):
+    return "teacher_" + name if name in TEACHER_DIMS else name
+
+
 LENGTH_DIMS = (SEQUENCE, MEMORY_LENGTH, EMBED_SEQUENCE, NUM_BLOCKS, QUERY_BLOCK_LENGTH, MEMORY_BLOCK_LENGTH,
                LOCAL_MEMORY_LENGTH, "axial_dim", AXIAL_DIM_0, AXIAL_DIM_1)
 
@@ -82,21 +92,23 @@ class Dims:
     local_memory: mtf.Dimension       # local_attention_radius, capped at n_ctx
 
     @classmethod
-    def build(cls, model_config, batch_size):
+    def build(cls, model_config, batch_size, teacher=False):
+        """`teacher`: a distillation teacher's dims (see TEACHER_DIMS)."""
         c = model_config
+        name = teacher_name if teacher else str
         return cls(
             batch=mtf.Dimension(BATCH, batch_size),
             sequence=mtf.Dimension(SEQUENCE, c.n_ctx),
             memory_length=mtf.Dimension(MEMORY_LENGTH, c.n_ctx),
-            embed_sequence=mtf.Dimension(EMBED_SEQUENCE, c.n_ctx),
-            embd=mtf.Dimension(EMBD, c.n_embd),
-            heads=mtf.Dimension(HEADS, c.n_head),
+            embed_sequence=mtf.Dimension(name(EMBED_SEQUENCE), c.n_ctx),
+            embd=mtf.Dimension(name(EMBD), c.n_embd),
+            heads=mtf.Dimension(name(HEADS), c.n_head),
             # The original keeps the name "heads" for the combined dimension, so one
             # layout rule shards weights and activations alike.
-            heads_combined=mtf.Dimension(HEADS, c.n_embd),
-            features_per_head=mtf.Dimension(FEATURES_PER_HEAD, c.n_embd // c.n_head),
-            vocab=mtf.Dimension(VOCAB, c.n_vocab),
-            intermediate=mtf.Dimension(INTERMEDIATE_EXPANDED, 4 * c.n_embd),
+            heads_combined=mtf.Dimension(name(HEADS), c.n_embd),
+            features_per_head=mtf.Dimension(name(FEATURES_PER_HEAD), c.n_embd // c.n_head),
+            vocab=mtf.Dimension(name(VOCAB), c.n_vocab),
+            intermediate=mtf.Dimension(name(INTERMEDIATE_EXPANDED), 4 * c.n_embd),
             local_memory=mtf.Dimension(LOCAL_MEMORY_LENGTH, min(c.local_attention_radius, c.n_ctx)),
         )
 

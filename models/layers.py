@@ -194,15 +194,15 @@ def _glu_fc(h, stddev, ctx):
     often is. (Where it is, each step gathers these weights; the activations stay split.)
     """
     d = ctx.d
-    both = mtf.Dimension(names.INTERMEDIATE_EXPANDED, 2 * d.intermediate.size)
+    both = mtf.Dimension(d.intermediate.name, 2 * d.intermediate.size)
     with tf.variable_scope("c_fc"):
         kernel = mtf.get_variable(h.mesh, "kernel", [d.embd, both],
                                   initializer=normal_initializer(stddev, "kernel", ctx.seed), dtype=ctx.dtype)
         bias = mtf.get_variable(h.mesh, "bias", [both], initializer=tf.zeros_initializer(), dtype=ctx.dtype)
 
     def halves(w):
-        w = mtf.rename_dimension(w, names.INTERMEDIATE_EXPANDED, "glu_columns")
-        return [mtf.rename_dimension(half, "glu_columns", names.INTERMEDIATE_EXPANDED)
+        w = mtf.rename_dimension(w, d.intermediate.name, "glu_columns")
+        return [mtf.rename_dimension(half, "glu_columns", d.intermediate.name)
                 for half in mtf.split(w, w.shape.get_dim_by_name("glu_columns"), 2)]
 
     return [mtf.einsum([h, k], reduced_dims=[d.embd]) + b for k, b in zip(halves(kernel), halves(bias))]

@@ -130,6 +130,11 @@ def import_hub_id_offline(env):
     return done.returncode
 
 
+def teacher_config(env, **overrides):
+    """A distillation teacher's config: the tiny config with `overrides`."""
+    return env.file("teacher.json", json.dumps(dict(TINY, model_path=env.path("teacher"), **overrides)))
+
+
 def train_into_missing_bucket(env):
     env.request.getfixturevalue("gcs_bucket")  # the GCS emulator (the test skips without it)
     return env.main("--model", env.config(model_path="gs://nosuchbucket/model"))
@@ -242,6 +247,18 @@ ROWS = [
         "tokenizer_path <dir>/nothere.json does not exist (give a tokenizers JSON file, a directory with "
         "vocab.json + merges.txt, or \"gpt2\")",
         lambda env: env.main("--model", env.config(dataset={"tokenizer_path": env.path("nothere.json")}))),
+    # Distillation
+    Row("distill-vocab", "distillation teacher with another vocabulary",
+        "`\"distill_teacher\": \"teacher.json\"`, teacher.json with `\"n_vocab\": 50304`",
+        "the teacher (<dir>/teacher.json) has n_vocab 50304 but this model has 50257; the teacher scores the student's "
+        "tokens, so set n_vocab to 50304 (distill from a teacher with the same vocabulary)",
+        lambda env: env.main("--model", env.config(distill_teacher=teacher_config(env, n_vocab=50304)))),
+    Row("distill-untrained-teacher", "distillation teacher without a checkpoint",
+        "`\"distill_teacher_checkpoint\": \"<dir>/untrained\"`, an empty directory",
+        "`distill_teacher_checkpoint` <dir>/untrained holds no checkpoint; train the teacher first, or give its "
+        "model_path or a checkpoint prefix",
+        lambda env: env.main("--model", env.config(distill_teacher=teacher_config(env), **SMALL,
+                                                   distill_teacher_checkpoint=env.directory("untrained")))),
     # Flags
     Row("bad-flag-value", "flag out of range", "`--steps_per_checkpoint 0`",
         "--steps_per_checkpoint must be at least 1",

@@ -19,6 +19,16 @@ from .guards import RefuseNonFinite
 
 log = logging.getLogger("gptneo")
 
+# The graph collection of TF variables a run reads but never saves: a distillation teacher's
+# (trainer/distill.py), restored from its own checkpoint whenever they are initialised.
+UNSAVED = "unsaved_variables"
+
+
+def saved_variables():
+    """The global variables checkpoints hold: all but UNSAVED."""
+    unsaved = set(tf.get_collection(UNSAVED))
+    return [v for v in tf.global_variables() if v not in unsaved]
+
 
 class CheckpointError(ConfigError):
     """A checkpoint in `model_path` cannot be restored into this model, or cannot be written for lack of
@@ -28,7 +38,7 @@ class CheckpointError(ConfigError):
 def saver_hook(config, lowering, save_steps, listeners=()):
     """The CheckpointSaverHook; `listeners` run before and after each save, after ours."""
     t = config.train
-    saver = _Saver(tf.global_variables(), sharded=True, max_to_keep=t.keep_checkpoint_max,
+    saver = _Saver(saved_variables(), sharded=True, max_to_keep=t.keep_checkpoint_max,
                    # 10000 hours is the Saver's own "never".
                    keep_checkpoint_every_n_hours=t.keep_checkpoint_every_n_hours or 10000.0,
                    defer_build=False, save_relative_paths=True)
@@ -176,9 +186,11 @@ def restore_scaffold_fn(model_path, then=None):
     if not missing and not recast and then is None:
         return None
     restored = [v for v in variables if v not in missing and v not in recast]
-    if missing:
+    unsaved = set(tf.get_collection(UNSAVED))  # not in any checkpoint of this run: initialised as always
+    if set(missing) - unsaved:
         log.info("%s lacks %d of the model's %d variables; starting %s from their initial values",
-                 checkpoint, len(missing), len(variables), _some([v.op.name for v in missing]))
+                 checkpoint, len(set(missing) - unsaved), len(variables),
+                 _some([v.op.name for v in missing if v not in unsaved]))
     recast_dtype = [v for v in recast if stored[v.op.name] != v.dtype.base_dtype]
     if recast_dtype:
         log.info("%s stores %d variables in another dtype (e.g. %s as %s); casting them",

@@ -19,6 +19,10 @@ model needs counts, not what the implementation happens to do:
 
 Hardware FLOPs add what recompute_grad does again: the forward pass of every block (not the
 output projection) is recomputed in the backward pass.
+
+A distillation step (trainer/distill.py) also runs the teacher's forward pass (1 × its forward, no
+backward), which counts in both: it is work the step needs. `step_flops_per_token` and
+`step_hardware_flops_per_token` are a config's training step's figures.
 """
 import argparse
 import re
@@ -108,6 +112,20 @@ def hardware_flops_per_token(model_config):
     c = model_config
     recomputed = forward_flops_per_token(c) - 2 * c.n_embd * c.n_vocab if c.recompute_grad else 0
     return model_flops_per_token(c) + recomputed
+
+
+def teacher_flops_per_token(config):
+    """A distillation teacher's forward pass per token; 0 without a teacher."""
+    return forward_flops_per_token(config.distill.teacher) if config.distill.on else 0
+
+
+def step_flops_per_token(config):
+    """Model FLOPs per token of `config`'s training step: the model's training, plus a teacher's forward."""
+    return model_flops_per_token(config.model) + teacher_flops_per_token(config)
+
+
+def step_hardware_flops_per_token(config):
+    return hardware_flops_per_token(config.model) + teacher_flops_per_token(config)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..meshtf import tf
 from . import flops
+from .step import DISTILL_METRICS
 
 log = logging.getLogger("gptneo")
 
@@ -20,9 +21,9 @@ class Throughput:
 
     def __init__(self, config, hardware):
         self._tokens_per_step = config.train.train_batch_size * config.model.n_ctx
-        self._model_flops_per_token = flops.model_flops_per_token(config.model)
+        self._model_flops_per_token = flops.step_flops_per_token(config)
         # Differs from the model FLOPs only with recompute_grad; then utilisation is shown both ways.
-        self._hardware_flops_per_token = flops.hardware_flops_per_token(config.model)
+        self._hardware_flops_per_token = flops.step_hardware_flops_per_token(config)
         self._peak = flops.mesh_peak(hardware, config.model.precision, config.mesh.size)
         self._announced = False
 
@@ -54,12 +55,14 @@ class Progress:
         step 500/286150 | loss 3.214 | lr 0.0001 | grad_norm 0.51 | 21843 tokens/s | ... | ETA 5d 2h
 
     with the means of loss, lr and grad_norm since the last line, the throughput (see `Throughput`)
-    and the time left at the last interval's pace. tokens/s and MFU also go to TensorBoard.
+    and the time left at the last interval's pace. tokens/s and MFU also go to TensorBoard. A
+    distillation run also shows the two terms of its loss, `label_loss` and `distill_loss` (trainer/step.py).
     """
 
     SCALARS = ("loss", "lr", "grad_norm")
 
     def __init__(self, config, throughput):
+        self.scalars = self.SCALARS + (DISTILL_METRICS if config.distill.on else ())
         self._every = config.train.iterations
         self._train_steps = config.train.train_steps
         self._model_path = config.model_path
@@ -72,7 +75,7 @@ class Progress:
         with self._lock:
             self._logged_step = self._step = step
             self._logged_time = time.perf_counter()
-            self._sums, self._count = np.zeros(len(self.SCALARS)), 0
+            self._sums, self._count = np.zeros(len(self.scalars)), 0
 
     def record(self, step, *values):
         """One step's scalars (called from the graph: see `summary_host_call`)."""
@@ -98,14 +101,14 @@ class Progress:
         steps, seconds = self._step - self._logged_step, now - self._logged_time
         throughput, scalars = self._throughput.report(steps, seconds)
         means = " | ".join("%s %.4g" % (name, total / max(self._count, 1))
-                           for name, total in zip(self.SCALARS, self._sums))
+                           for name, total in zip(self.scalars, self._sums))
         left = (self._train_steps - self._step) * seconds / steps
         log.info("step %d/%d | %s | %s | ETA %s", self._step, self._train_steps, means, throughput, duration(left))
         writer = tf.summary.FileWriterCache.get(self._model_path)
         writer.add_summary(tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=value)
                                              for tag, value in scalars.items()]), self._step)
         self._logged_step, self._logged_time = self._step, now
-        self._sums, self._count = np.zeros(len(self.SCALARS)), 0
+        self._sums, self._count = np.zeros(len(self.scalars)), 0
 
 
 def duration(seconds):
@@ -133,21 +136,24 @@ class ProgressHook(tf.train.SessionRunHook):
         self._progress.end()
 
 
-def summary_host_call(config, progress, step, loss, lr, grad_norm, grad_norms):
-    """TPUEstimator host_call: every step, hand `step`, `loss`, `lr` and `grad_norm` to `progress` (the log
-    line; None when the host call runs on another machine, a TPU node's host) and write them to
+def summary_host_call(config, progress, step, loss, lr, grad_norm, grad_norms, metrics=None):
+    """TPUEstimator host_call: every step, hand `step`, `loss`, `lr`, `grad_norm` and `metrics` ({name:
+    scalar} in the order of Progress.scalars after those three: a distillation step's terms) to `progress`
+    (the log line; None when the host call runs on another machine, a TPU node's host) and write them to
     TensorBoard; every `iterations` steps also `grad_norms` ({tag: norm}, empty without `log_grads`). It
     runs on the host, also on TPU, where the model's tensors reach it only as its arguments."""
     model_path = config.model_path
     every = config.train.iterations
     tags = list(grad_norms)
+    names = Progress.SCALARS + tuple(metrics or {})
 
-    def host_call(step, loss, lr, grad_norm, *norms):
-        logged = [tf.py_func(progress.record, [step[0], loss[0], lr[0], grad_norm[0]], [], stateful=True)] \
+    def host_call(step, *values):
+        scalars, norms = values[:len(names)], values[len(names):]
+        logged = [tf.py_func(progress.record, [step[0]] + [x[0] for x in scalars], [], stateful=True)] \
             if progress else []
         with tf.compat.v2.summary.create_file_writer(model_path, max_queue=every).as_default():
             with tf.compat.v2.summary.record_if(True):
-                for tag, value in zip(Progress.SCALARS, (loss, lr, grad_norm)):
+                for tag, value in zip(names, scalars):
                     tf.compat.v2.summary.scalar(tag, value[0], step=step[0])
             with tf.compat.v2.summary.record_if(tf.equal(step[0] % every, 0)):
                 for tag, norm in zip(tags, norms):
@@ -156,4 +162,5 @@ def summary_host_call(config, progress, step, loss, lr, grad_norm, grad_norms):
 
     # host_call tensors need a leading batch-like dimension.
     return host_call, [tf.reshape(tf.cast(x, tf.float32) if x is not step else x, [1])
-                       for x in [step, loss, lr, grad_norm] + [grad_norms[tag] for tag in tags]]
+                       for x in [step, loss, lr, grad_norm] + list((metrics or {}).values())
+                       + [grad_norms[tag] for tag in tags]]

@@ -12,6 +12,10 @@ dimension, every other one is whole on every device. So they follow the model, t
   statistics, plus momentum when beta1 > 0), in the slice dtype, which is float32 also under
   bfloat16 precision. Masters (what checkpoints hold, bfloat16 under that precision) live on the
   host CPUs, not on the devices.
+- teacher: with a distillation teacher (trainer/distill.py), the slice of each of its variables one
+  device holds under its own layout (trainer.config.schema.training_mesh). It has no gradients and no
+  optimizer state; its forward pass's tensors count with the activations (it runs before the student's
+  backward pass, and only the logits it hands the loss stay alive into it).
 - gradients: a float32 gradient per parameter slice. All of them are alive together, because the
   global norm (clipping, and the logged grad_norm) needs every one before any update runs. With
   microbatches these are the sums over the microbatches, alive through the loop.
@@ -43,7 +47,7 @@ import numpy as np
 
 from ..meshtf import mtf
 from .config import ConfigError
-from .config.schema import replica_tokens
+from .config.schema import replica_tokens, training_mesh
 from .step import nodes, symbolic
 
 GiB = 2 ** 30
@@ -65,6 +69,7 @@ class Lifetimes:
 
     parameters: Tuple[Tuple[mtf.Shape, int], ...]   # trainable variables: (shape, bytes per element of a slice)
     slots: Tuple[Tuple[mtf.Shape, int], ...]        # the optimizer's variables, likewise
+    teacher: Tuple[Tuple[mtf.Shape, int], ...]      # a distillation teacher's variables, likewise
     shapes: Tuple[mtf.Shape, ...]
     shape_of: np.ndarray
     itemsize: np.ndarray
@@ -85,7 +90,8 @@ def lifetimes(step):
     # Counted elsewhere: the variables' own values (unless computing in another dtype makes a
     # copy) as parameters, the final gradients as gradients.
     skip = set(step.grads)
-    skip.update(v.outputs[0] for v in step.variables + step.slots if v.activation_dtype == v.slice_dtype)
+    skip.update(v.outputs[0] for v in step.variables + step.slots + step.teacher
+                if v.activation_dtype == v.slice_dtype)
     shape_index, rows = {}, []
     for i, node in enumerate(walk):
         for t in node.op.outputs:
@@ -99,6 +105,7 @@ def lifetimes(step):
     return Lifetimes(
         parameters=tuple((v.shape, v.slice_dtype.size) for v in step.variables),
         slots=tuple((v.shape, v.slice_dtype.size) for v in step.slots),
+        teacher=tuple((v.shape, v.slice_dtype.size) for v in step.teacher),
         shapes=tuple(mtf.Shape(list(k)) for k in shape_index), shape_of=np.array(shape_of),
         itemsize=np.array(itemsize, np.int64), birth=np.array(birth), death=np.array(death),
         tensor_names=tensor_names, forward_end=forward_end, batch=step.batch)
@@ -114,10 +121,11 @@ class Memory:
     activations: int          # peak of the forward and backward pass
     kept_for_backward: int    # alive when the forward pass ends
     batch_per_device: int
+    teacher: int = 0          # a distillation teacher's variables
 
     @property
     def total(self):
-        return self.parameters + self.optimizer + self.gradients + self.activations
+        return self.parameters + self.optimizer + self.gradients + self.activations + self.teacher
 
 
 class DeviceMemory:
@@ -143,6 +151,7 @@ class DeviceMemory:
         self.batch_split = step.batch.size // elements(mtf.Shape([step.batch]))
         self.parameters = sum(elements(s) * itemsize for s, itemsize in step.parameters)
         self.optimizer = sum(elements(s) * itemsize for s, itemsize in step.slots)
+        self.teacher = sum(elements(s) * itemsize for s, itemsize in step.teacher)
         self.gradients = 4 * sum(elements(s) for s, _ in step.parameters)  # float32 (optimizer.gradients)
         # Elements per device of each shape, per sequence of the batch when it has the model's batch dimension.
         per_shape = np.array([elements(s) for s in step.shapes], np.int64)
@@ -172,12 +181,12 @@ class DeviceMemory:
         b = self.batch_per_device if batch_per_device is None else batch_per_device
         return Memory(parameters=self.parameters, optimizer=self.optimizer, gradients=self.gradients,
                       activations=int((self._live_per_sequence * b + self._live_fixed).max()),
-                      kept_for_backward=self._kept[0] * b + self._kept[1], batch_per_device=b)
+                      kept_for_backward=self._kept[0] * b + self._kept[1], batch_per_device=b, teacher=self.teacher)
 
     def max_batch_per_device(self, budget):
         """The most sequences per device (of a microbatch, with microbatches) whose total stays within
         `budget` bytes (0 if none)."""
-        room = budget - self.parameters - self.optimizer - self.gradients - self._live_fixed
+        room = budget - self.parameters - self.optimizer - self.gradients - self.teacher - self._live_fixed
         if room.min() < 0:
             return 0
         grows = self._live_per_sequence > 0
@@ -195,7 +204,8 @@ class DeviceMemory:
 
 def estimate(config):
     """The DeviceMemory of `config`'s training step on its own mesh_shape and layout."""
-    return DeviceMemory(lifetimes(symbolic(config)), config.mesh.shape_string, config.mesh.layout_string)
+    mesh = training_mesh(config)
+    return DeviceMemory(lifetimes(symbolic(config)), mesh.shape_string, mesh.layout_string)
 
 
 def largest_microbatch(config, budget):

@@ -7,11 +7,12 @@ from ..models.context import Context
 from ..models.dims import Dims
 from ..models.gpt import gpt, gpt_losses, variable_dtype
 from ..models.sampling import generate
-from . import checkpoints, evaluation, hooks
+from . import checkpoints, distill, evaluation, hooks
+from .config.schema import training_mesh
 from .hardware import mesh_implementation
 from .optimizer import gradient_norms, minimize
 from .spikes import LossSpikes
-from .step import loss_and_gradients
+from .step import objective
 
 MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "predict"}
 
@@ -36,8 +37,9 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
             step = tf.constant(0, tf.int64)
         # Mesh random ops (dropout, MoE's "random" policy) are keyed by the seed and the step, so
         # runs repeat and a resumed run draws what an uninterrupted one does.
-        mesh_config = config.mesh.for_decoding(config.train.predict_batch_size) if mode_name == "predict" \
-            else config.mesh
+        # Training lays out a distillation teacher too (training_mesh); the other modes run the student alone.
+        mesh_config = {"predict": config.mesh.for_decoding(config.train.predict_batch_size),
+                       "eval": config.mesh, "train": training_mesh(config)}[mode_name]
         mesh_impl, placer = mesh_implementation(hardware, mesh_config, params, config.data.seed, step)
         mesh = mtf.Mesh(mtf.Graph(), "mesh", placer)
         d = Dims.build(config.model, config.train.batch_size(mode_name))
@@ -48,10 +50,11 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         shape = mtf.Shape([d.batch, d.sequence])
         ids = mtf.import_fully_replicated(mesh, features, shape, name="ids")
         targets = mtf.import_fully_replicated(mesh, labels, shape, name="labels")
-        loss, grads = loss_and_gradients(config, ids, targets)
-        return _train_spec(loss, grads, mesh, mesh_impl, step)
+        teacher_checkpoint = distill.teacher_checkpoint(config) if config.distill.on else None
+        loss, grads, metrics = objective(config, ids, targets, teacher_checkpoint)
+        return _train_spec(loss, grads, metrics, mesh, mesh_impl, step)
 
-    def _train_spec(loss, grads, mesh, mesh_impl, step):
+    def _train_spec(loss, grads, metrics, mesh, mesh_impl, step):
         global_step = tf.train.get_or_create_global_step()
         spikes = LossSpikes(config, checkpoints.latest_step(config.model_path)) \
             if config.train.skip_loss_spike_factor else None
@@ -74,7 +77,8 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
                                 host_call=hooks.summary_host_call(
                                     config, progress if hardware.host_is_local else None, step + 1, tf_loss, lr,
                                     lowering.export_to_tf_tensor(grad_norm),
-                                    {tag: lowering.export_to_tf_tensor(norm) for tag, norm in norms.items()}),
+                                    {tag: lowering.export_to_tf_tensor(norm) for tag, norm in norms.items()},
+                                    {name: lowering.export_to_tf_tensor(x) for name, x in metrics.items()}),
                                 scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path))
 
     def _eval_spec(features, labels, mesh, mesh_impl, d):

@@ -97,22 +97,29 @@ def gradients(loss, variables):
 
 
 def loss_and_gradients(loss_fn, inputs, batch_dim, num_microbatches):
-    """(loss, float32 gradients of the trainable variables) of `loss_fn(*inputs)`, a mean over `batch_dim`
-    (dimension 0 of every input; a microbatch's is named alike but smaller).
+    """`objective_and_gradients` of a `loss_fn` that returns the loss alone: (loss, gradients)."""
+    loss, grads, _ = objective_and_gradients(lambda *x: (loss_fn(*x), []), inputs, batch_dim, num_microbatches)
+    return loss, grads
+
+
+def objective_and_gradients(loss_fn, inputs, batch_dim, num_microbatches):
+    """(loss, float32 gradients of the trainable variables, metrics) of `loss_fn(*inputs)` -> (loss,
+    [scalar metrics]), a mean over `batch_dim` (dimension 0 of every input; a microbatch's is named alike
+    but smaller) and other means over it to report (a distillation step's two terms).
 
     With num_microbatches > 1 the batch runs as that many microbatches one after another (a mtf while
     loop), so only one microbatch's activations are alive at a time: the loop runs one iteration at a
     time, since TensorFlow would otherwise start the next microbatch's forward pass during this one's
-    backward pass (1.2-1.35 times the memory, measured on CPU). Each microbatch's loss is divided by
-    num_microbatches, and loss and gradients are summed over them: the means over the whole batch.
+    backward pass (1.2-1.35 times the memory, measured on CPU). Each microbatch's loss and metrics are
+    divided by num_microbatches, and summed over them with the gradients: the means over the whole batch.
     Gradients are summed in float32 (mtf.serialize_training_step would sum bfloat16 ones).
     MoE's balancing loss, a mean over groups of one row, is divided like the rest, so a step's objective
     does not depend on the split (the original had mesh-tf divide it by num_microbatches once more).
     """
     graph = inputs[0].graph
     if num_microbatches == 1:
-        loss = loss_fn(*inputs)
-        return loss, gradients(loss, graph.trainable_variables)
+        loss, metrics = loss_fn(*inputs)
+        return loss, gradients(loss, graph.trainable_variables), list(metrics)
     microbatch_dim = mtf.Dimension("microbatch", num_microbatches)
     smaller_batch_dim = mtf.Dimension(batch_dim.name, batch_dim.size // num_microbatches)
 
@@ -121,14 +128,17 @@ def loss_and_gradients(loss_fn, inputs, batch_dim, num_microbatches):
         # contiguous share of the batch when `batch` is split over the mesh, so nothing moves between devices.
         sliced = [mtf.gather(mtf.replace_dimensions(x, batch_dim, [smaller_batch_dim, microbatch_dim]),
                              i, microbatch_dim) for x in inputs]
-        loss = loss_fn(*sliced) / num_microbatches
+        loss, metrics = loss_fn(*sliced)
+        loss = loss / num_microbatches
         # Building the body creates the model's variables (mtf moves them out of the loop).
-        return [i + 1, loss] + gradients(loss, graph.trainable_variables)
+        return ([i + 1, loss] + gradients(loss, graph.trainable_variables)
+                + [m / num_microbatches for m in metrics])
 
     outputs = mtf.while_loop(lambda i: mtf.less(i, num_microbatches), body,
                              [mtf.constant(inputs[0].mesh, 0, dtype=tf.int32)], has_accumulators=True,
                              parallel_iterations=1)
-    return outputs[1], outputs[2:]
+    grads = len(graph.trainable_variables)
+    return outputs[1], outputs[2:2 + grads], outputs[2 + grads:]
 
 
 def minimize(grads, variables, train_config, global_step, applies=None):

@@ -21,6 +21,7 @@ from ..models.dims import Dims
 from ..models.gpt import gpt_losses
 from . import auto_layout
 from .config import ConfigError
+from .config.schema import training_mesh
 from .flops import TPUS, _gpu_model_name
 from .memory import GiB, TPU_MEMORY, USABLE, DeviceMemory, estimate, largest_microbatch, lifetimes
 from .step import nodes, symbolic
@@ -71,8 +72,9 @@ def preflight(config, mode="train", device=None):
                       else config.mesh)
         return sum(v.size for v in variables)
     step = symbolic(config)
-    _check_layout([t for node in nodes(step) for t in node.inputs + tuple(node.op.outputs)], config.mesh)
-    _check_fit(config, DeviceMemory(lifetimes(step), config.mesh.shape_string, config.mesh.layout_string), device)
+    mesh = training_mesh(config)  # a distillation teacher's dimensions laid out as its config says
+    _check_layout([t for node in nodes(step) for t in node.inputs + tuple(node.op.outputs)], mesh)
+    _check_fit(config, DeviceMemory(lifetimes(step), mesh.shape_string, mesh.layout_string), device)
     return sum(v.size for v in step.variables)
 
 

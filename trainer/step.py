@@ -1,9 +1,10 @@
 """One training step: the loss and gradients a config trains with, for the trainer and for every tool
 that reasons about the step.
 
-`loss_and_gradients` is the objective of models.gpt.gpt_losses (cross-entropy and z-loss or entmax,
-MLM's scored positions, MoE's balancing loss) and its float32 gradients, over the microbatches of
-`tokens_per_mb_per_replica` (trainer.optimizer.loss_and_gradients). model_fn trains with it.
+`objective` is the objective of models.gpt.gpt_losses (cross-entropy and z-loss or entmax,
+MLM's scored positions, MoE's balancing loss), blended with a teacher's when distilling
+(trainer/distill.py), and its float32 gradients, over the microbatches of `tokens_per_mb_per_replica`
+(trainer.optimizer.objective_and_gradients). model_fn trains with it.
 `symbolic` builds it, and the optimizer's update after it, in a scratch graph (nothing is allocated):
 preflight checks the layout and the fit on it, trainer/memory.py counts its bytes per device, and
 trainer/auto_layout.py prices its layouts, so their figures describe the graph that trains.
@@ -19,20 +20,42 @@ from ..meshtf import mtf, tf
 from ..models.context import Context
 from ..models.dims import Dims
 from ..models.gpt import gpt_losses, variable_dtype
-from . import optimizer
+from . import distill, optimizer
 from .config import microbatches
 
+# The terms a distillation step reports beside its loss (trainer/hooks.py logs them).
+DISTILL_METRICS = ("label_loss", "distill_loss")
 
-def loss_and_gradients(config, ids, targets):
-    """(loss, float32 gradients of the trainable variables) of a training batch ids -> targets [batch,
-    sequence]: the mean objective over the batch, run as `microbatches(config)` microbatches."""
+
+def objective(config, ids, targets, teacher_checkpoint=None):
+    """(loss, float32 gradients of the trainable variables, {name: metric}) of a training batch ids ->
+    targets [batch, sequence]: the mean objective over the batch, run as `microbatches(config)` microbatches.
+
+    Distilling, the loss is (1 - alpha) · the model's loss + alpha · the mean distillation loss, and the
+    metrics are DISTILL_METRICS: the mean cross-entropy of the labels and the mean T² · KL. The teacher's
+    variables are read from `teacher_checkpoint` (None: not read, in a step that is never run)."""
     dtype = variable_dtype(config.model.precision)
+    k = config.distill
 
     def loss(ids, targets):  # of a batch or a microbatch (whose `batch` is smaller)
         d = Dims.build(config.model, ids.shape.dims[0].size)
-        return gpt_losses(ids, targets, Context(d, config.model, train=True, seed=config.data.seed, dtype=dtype))[0]
+        model_loss, cross_entropy, logits = gpt_losses(
+            ids, targets, Context(d, config.model, train=True, seed=config.data.seed, dtype=dtype))
+        if not k.on:
+            return model_loss, []
+        teacher = distill.teacher_logits(ids, config, teacher_checkpoint)
+        kl = mtf.reduce_mean(distill.distillation_loss(logits, teacher, d.vocab, k.distill_temperature,
+                                                       k.distill_top_k))
+        return (1 - k.distill_alpha) * model_loss + k.distill_alpha * kl, [mtf.reduce_mean(cross_entropy), kl]
 
-    return optimizer.loss_and_gradients(loss, [ids, targets], ids.shape.dims[0], microbatches(config))
+    total, grads, metrics = optimizer.objective_and_gradients(loss, [ids, targets], ids.shape.dims[0],
+                                                              microbatches(config))
+    return total, grads, dict(zip(DISTILL_METRICS, metrics))
+
+
+def loss_and_gradients(config, ids, targets):
+    """(loss, gradients) of `objective`."""
+    return objective(config, ids, targets)[:2]
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,7 @@ class Step:
     grads: Tuple[mtf.Tensor, ...]         # float32, of `variables`
     variables: Tuple[mtf.Variable, ...]   # the trainable ones
     slots: Tuple[mtf.Variable, ...]       # the optimizer's
+    teacher: Tuple[mtf.Variable, ...]     # a distillation teacher's (frozen: no gradients, no slots)
     microbatches: int
     batch: mtf.Dimension                  # the batch the model runs on: a microbatch's in a microbatched step
     model_loss: mtf.Tensor                # the model's loss of that batch: the forward pass ends with it
@@ -59,15 +83,16 @@ def symbolic(config):
         mesh = mtf.Mesh(graph, "step")
         d = Dims.build(config.model, config.train.train_batch_size)
         ids, targets = (mtf.zeros(mesh, mtf.Shape([d.batch, d.sequence]), tf.int32) for _ in range(2))
-        loss, grads = loss_and_gradients(config, ids, targets)
+        loss, grads, _ = objective(config, ids, targets)
         passes = len(graph.operations)
         variables = tuple(graph.trainable_variables)
         optimizer.minimize(grads, variables, config.train, tf.constant(0, tf.int64))
     n = microbatches(config)
     # A microbatch loop's body returns (counter, loss, gradients...): its loss is the microbatch's.
     model_loss = loss.operation._body_outputs[1] if n > 1 else loss
-    slots = tuple(v for v in graph.all_variables if not v.trainable)
-    return Step(graph, tf_graph, passes, loss, tuple(grads), variables, slots, n,
+    teacher = tuple(v for v in graph.all_variables if distill.is_teacher(v))
+    slots = tuple(v for v in graph.all_variables if not v.trainable and v not in teacher)
+    return Step(graph, tf_graph, passes, loss, tuple(grads), variables, slots, teacher, n,
                 mtf.Dimension(d.batch.name, d.batch.size // n), model_loss)
 
 

@@ -16,17 +16,20 @@ from ... import storage
 from ...errors import ConfigError, did_you_mean
 from ...meshtf import tf
 from ...models.moe import MoeParams
-from .schema import (ATTENTION_KINDS, Config, DataConfig, DatasetConfig, DatasetEntry, MeshConfig, ModelConfig,
-                     PredictConfig, TrainConfig)
+from .schema import (ATTENTION_KINDS, Config, DataConfig, DatasetConfig, DatasetEntry, DistillConfig, MeshConfig,
+                     ModelConfig, PredictConfig, TrainConfig)
 from .validation import validate
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 # Which keys a model config may hold: the fields of the groups its flat keys fill, and a few more.
-GROUPS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "predict": PredictConfig}
+GROUPS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "predict": PredictConfig,
+          "distill": DistillConfig}
 # Keys handled outside the groups' plain fields.
 SPECIAL_KEYS = ("model_path", "mesh_shape", "layout")
-DERIVED_DATA_KEYS = ("dataset_configs",)
+DERIVED_KEYS = ("dataset_configs", "teacher", "teacher_layout")
+# Fields filled from parsed values (above) rather than from a key's JSON value.
+PARSED_FIELDS = ("attention_types", "datasets", "dataset_configs", "moe_params", "teacher", "teacher_layout")
 REQUIRED = ("n_ctx", "n_embd", "n_head", "n_layer", "n_vocab", "attention_types", "mesh_shape",
             "layout", "model_path", "train_batch_size", "train_steps", "lr", "opt_name",
             "iterations", "datasets")
@@ -40,7 +43,7 @@ RUNTIME_KEYS = ("dataset_configs", "num_cores", "auto_layout", "auto_layout_and_
 def _all_model_keys():
     keys = list(SPECIAL_KEYS)
     for cls in GROUPS.values():
-        keys += [f.name for f in dataclasses.fields(cls) if f.name not in DERIVED_DATA_KEYS]
+        keys += [f.name for f in dataclasses.fields(cls) if f.name not in DERIVED_KEYS]
     return keys
 
 
@@ -134,6 +137,12 @@ def build_config(raw, name, dataset_dirs):
         values["eos_id"] = last.eos_id
         values["padding_id"] = last.padding_id
 
+    if raw.get("distill_teacher") is not None:
+        teacher_path = _coerce("distill_teacher", raw["distill_teacher"], str)
+        values["teacher"], values["teacher_layout"], teacher_model_path = load_teacher(teacher_path)
+        if raw.get("distill_teacher_checkpoint") is None:
+            values["distill_teacher_checkpoint"] = teacher_model_path
+
     groups = {group: _build_group(cls, values) for group, cls in GROUPS.items()}
     mesh = MeshConfig(mesh_shape=parse_mesh_shape(raw["mesh_shape"]),
                       layout=parse_layout(raw["layout"]))
@@ -141,6 +150,26 @@ def build_config(raw, name, dataset_dirs):
     config = Config(name=name, model_path=model_path, mesh=mesh, **groups)
     validate(config)
     return config
+
+
+def load_teacher(path):
+    """(ModelConfig, layout, model_path or None) of a distillation teacher's model config (`distill_teacher`,
+    local or gs://): its model keys and its `layout`. It is a whole model config (ours, or the one
+    convert.huggingface import writes), whose other keys must be known but are not read."""
+    raw = storage.read_json(resolve_model_path(path), "teacher config (`distill_teacher`)")
+    try:
+        _check_keys(raw)
+        missing = [k for k in ("n_ctx", "n_embd", "n_head", "n_layer", "n_vocab", "attention_types") if k not in raw]
+        if missing:
+            raise ConfigError("missing required key(s): %s" % ", ".join(missing))
+        values = dict(raw, attention_types=expand_attention_types(raw["attention_types"]),
+                      moe_params=_parse_moe_params(raw.get("moe_params")))
+        model = _build_group(ModelConfig, values, source="its")
+        layout = parse_layout(raw.get("layout") or "")
+        model_path = _coerce("model_path", raw.get("model_path"), Optional[str], source="its")
+    except ConfigError as e:
+        raise ConfigError("teacher config %s (`distill_teacher`): %s" % (path, e)) from None
+    return model, layout, model_path
 
 
 def load_dataset_config(dataset_id, dirs):
@@ -302,7 +331,7 @@ def _build_group(cls, values, source="model config"):
     for f in dataclasses.fields(cls):
         if f.name in values:
             value = values[f.name]
-            if f.name in ("attention_types", "datasets", "dataset_configs", "moe_params"):
+            if f.name in PARSED_FIELDS:
                 kwargs[f.name] = value  # parsed above
             elif value is None and f.default is not dataclasses.MISSING and f.default is not None:
                 kwargs[f.name] = f.default  # an explicit null means "the default", as in the original

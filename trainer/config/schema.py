@@ -188,6 +188,25 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation (docs/distillation.md): the student, this config's model, learns from a
+    frozen teacher's output distribution as well as from the labels. Off without `distill_teacher`."""
+
+    distill_teacher: Optional[str] = None             # the teacher's model config JSON, local or gs://
+    distill_teacher_checkpoint: Optional[str] = None  # its checkpoint (prefix or directory); default: its model_path
+    distill_alpha: float = 0.5        # loss = (1 - alpha) · label loss + alpha · T² · KL(teacher_T || student_T)
+    distill_temperature: float = 1.0  # T
+    distill_top_k: int = 0            # keep the teacher's k most likely tokens, renormalised; 0 = all
+    # Read from the teacher's config file on loading (not keys).
+    teacher: Optional[ModelConfig] = None
+    teacher_layout: Tuple[Tuple[str, str], ...] = ()  # its `layout`, on this config's mesh_shape
+
+    @property
+    def on(self):
+        return self.teacher is not None
+
+
+@dataclass(frozen=True)
 class Config:
     name: str           # the model config's file stem; names logs
     model_path: str
@@ -196,6 +215,7 @@ class Config:
     data: DataConfig
     mesh: MeshConfig
     predict: PredictConfig = PredictConfig()
+    distill: DistillConfig = DistillConfig()
 
 
 
@@ -206,6 +226,14 @@ class Config:
 def replica_tokens(config):
     """The tokens of one replica's training batch: train_batch_size / the splits of `batch`, × n_ctx."""
     return config.train.train_batch_size // config.mesh.splits_of(dims.BATCH) * config.model.n_ctx
+
+
+def training_mesh(config):
+    """The MeshConfig a training step is laid out with: `mesh`, plus with a distillation teacher the
+    teacher's own `layout` for its dimensions (dims.TEACHER_DIMS, named apart from the student's; validation
+    makes its layout of the shared ones, batch and positions, the student's)."""
+    teacher = tuple((dims.teacher_name(t), m) for t, m in config.distill.teacher_layout if t in dims.TEACHER_DIMS)
+    return dataclasses.replace(config.mesh, layout=config.mesh.layout + teacher) if teacher else config.mesh
 
 
 def microbatches(config):

@@ -2,6 +2,7 @@
 layout against the model's dimensions and the mesh. Each problem is one ConfigError naming the key
 and the fix. `validate` runs on every config loaded and again after flags change one.
 """
+import dataclasses
 import json
 
 from ...errors import ConfigError, did_you_mean
@@ -33,6 +34,7 @@ def validate(config):
     _check_block(config.model)
     _check_layout(config)
     _check_microbatches(config)
+    _check_distill(config)
 
 
 def _check_model(m):
@@ -330,3 +332,65 @@ def _check_batches(config):
             raise ConfigError("`%s` (%d) is not divisible by mesh dimension %r (%d) that `layout` splits batch "
                               "over; make it a multiple of %d or change `layout`" % (key, size, mesh_dim, splits,
                                                                                    splits))
+
+
+def _check_distill(config):
+    """The distillation keys and the teacher's config (trainer/distill.py): the teacher scores the
+    student's own tokens, so both read the same ids with the same vocabulary and context, and its
+    layout must fit this mesh and share the student's split of the batch and positions."""
+    k, m = config.distill, config.model
+    if not k.on:
+        for key in ("distill_teacher_checkpoint", "distill_alpha", "distill_temperature", "distill_top_k"):
+            if getattr(k, key) != getattr(type(k)(), key):
+                raise ConfigError("`%s` is set but `distill_teacher` is not: set distill_teacher to the teacher's "
+                                  "model config, or remove %s" % (key, key))
+        return
+    if not k.distill_teacher_checkpoint:
+        raise ConfigError("`distill_teacher_checkpoint` is not set and the teacher config %s has no model_path: set "
+                          "it to the teacher's checkpoint (a model_path or a checkpoint prefix)" % k.distill_teacher)
+    if not 0 <= k.distill_alpha <= 1:
+        raise ConfigError("`distill_alpha` weighs the distillation loss against the label loss and must be in "
+                          "[0, 1], got %g" % k.distill_alpha)
+    if not k.distill_temperature > 0:
+        raise ConfigError("`distill_temperature` divides the logits and must be positive (1 = as they are), got %g"
+                          % k.distill_temperature)
+    if not 0 <= k.distill_top_k <= m.n_vocab:
+        raise ConfigError("`distill_top_k` must be between 0 (the teacher's whole distribution) and n_vocab (%d), "
+                          "got %d" % (m.n_vocab, k.distill_top_k))
+    t = k.teacher
+    for key in ("n_vocab", "n_ctx"):
+        if getattr(t, key) != getattr(m, key):
+            raise ConfigError("the teacher (%s) has %s %d but this model has %d; the teacher scores the student's "
+                              "tokens, so set %s to %d (distill from a teacher with the same %s)"
+                              % (k.distill_teacher, key, getattr(t, key), getattr(m, key), key, getattr(t, key),
+                                 "vocabulary" if key == "n_vocab" else "context length"))
+    for model, whose in ((m, "this model"), (t, "the teacher")):
+        if model.mlm_training or model.entmax_loss:
+            raise ConfigError("%s sets `%s`, but distillation matches next-token softmax distributions; "
+                              "distill between causal softmax LMs" % (
+                                  whose, "mlm_training" if model.mlm_training else "entmax_loss"))
+    _check_teacher_layout(config)
+
+
+def _check_teacher_layout(config):
+    """The teacher's `layout` on this config's mesh_shape: its own dimensions (dims.TEACHER_DIMS) split
+    as it says, the shared ones (batch, positions) as the student's."""
+    k = config.distill
+    student = dict(config.mesh.layout)
+    for tensor_dim, mesh_dim in k.teacher_layout:
+        if tensor_dim not in dims.TEACHER_DIMS and tensor_dim in TENSOR_DIMS and student.get(tensor_dim) != mesh_dim:
+            raise ConfigError("the teacher's `layout` (%s) puts %r on %r but this config's puts it on %r; the teacher "
+                              "reads the student's batch, so dimensions other than %s are laid out alike: make the "
+                              "two layouts agree on %r" % (k.distill_teacher, tensor_dim, mesh_dim,
+                                                           student.get(tensor_dim), ", ".join(dims.TEACHER_DIMS),
+                                                           tensor_dim))
+    teacher = dataclasses.replace(config, model=k.teacher,
+                                  mesh=dataclasses.replace(config.mesh, layout=k.teacher_layout))
+    try:
+        _check_model(k.teacher)
+        _check_block(k.teacher)
+        _check_attention_features(teacher)
+        _check_layout(teacher)
+    except ConfigError as e:
+        raise ConfigError("teacher config %s (`distill_teacher`), on this config's mesh_shape %s: %s"
+                          % (k.distill_teacher, config.mesh.shape_string, e)) from None
