@@ -36,8 +36,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import REPO, THREAD_ENV, THREADS
-from train import cpu_model, git_state
+from common import REPO, THREAD_ENV, THREADS, cpu_model, git_state
 
 VOCAB = 1024
 

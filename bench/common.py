@@ -2,6 +2,7 @@
 (so thread pools do not interfere and peak RSS is per measurement), and TF timeline summaries."""
 import json
 import os
+import platform
 import re
 import resource
 import subprocess
@@ -103,3 +104,21 @@ def print_trace(title, summary):
             print(("  %-78s %10.3f %8.2f %5.1f%%  %s" % (name[-78:], micros / steps / 1e3, micros / 1e6,
                                                         100 * micros / summary["total_op_us"], shape)).rstrip())
         print()
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
+def git_state():
+    def git(*command):
+        return subprocess.run(["git", "-C", REPO] + list(command), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "(not a git checkout)"
+    changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+    return commit + (" + %d changed files" % len(changed) if changed else "")

@@ -27,7 +27,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import THREADS, VOCAB, raw_config
+from common import THREADS, VOCAB, cpu_model, raw_config
 
 from gpt_neo_mtf.meshtf import mtf, tf
 from gpt_neo_mtf.trainer import distill, flops
@@ -80,12 +80,6 @@ def step_time(config, kind, args):
                 if i >= args.warmup:
                     seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def main(argv=None):

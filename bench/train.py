@@ -39,13 +39,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-from common import (REPO, THREADS, VOCAB, emit_result, print_trace, raw_config, run_worker,
+from common import (THREADS, VOCAB, cpu_model, emit_result, git_state, print_trace, raw_config, run_worker,
                     trace_summary)
 
 LR = 6e-4
@@ -284,24 +283,6 @@ def model_flops_per_token(args, n_ctx):
     from gpt_neo_mtf.trainer.flops import model_flops_per_token
 
     return model_flops_per_token(build_config(raw_config(n_ctx, args.n_layer), "bench", []).model)
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.machine()
-
-
-def git_state():
-    def git(*command):
-        return subprocess.run(["git", "-C", REPO] + list(command), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "(not a git checkout)"
-    changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
-    return commit + (" + %d changed files" % len(changed) if changed else "")
 
 
 def print_tables(args, peaks, results, peak):
