@@ -3,12 +3,18 @@ configs written to a temp dir, runs of the real `main.py`, and scalars read back
 import copy
 import json
 import os
+import signal
 import urllib.parse
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Ctrl-C as a terminal delivers it, in this process and (reset to the default on exec) in every process the
+# tests start: a suite run as a background job (`make test &`, some CI runners) inherits SIGINT ignored, and
+# the Ctrl-C tests of create_tfrecords and training would then see nothing.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # gs:// tests use a GCS emulator on 127.0.0.1 (fixture `gcs_bucket`) through TF's modular GCS plugin,
 # which reads these variables when TensorFlow is imported: set them before anything imports TF.
