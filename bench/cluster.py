@@ -24,10 +24,8 @@ On one machine with 2 cores, the processes share the cores and loopback is memor
 table measures the runtime's overhead, not how training scales across machines.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -36,7 +34,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import REPO, THREAD_ENV, THREADS, cpu_model, git_state
+from common import REPO, THREAD_ENV, machine
 
 VOCAB = 1024
 
@@ -171,9 +169,7 @@ def main(argv=None):
     p.add_argument("--n_ctx", type=int, default=64)
     p.add_argument("--batch", type=int, default=6)
     args = p.parse_args(argv)
-    print("# bench/cluster.py, %s: %s, %d cores, Python %s, %s, load %.2f before, %d threads per process"
-          % (datetime.date.today(), cpu_model(), os.cpu_count(), platform.python_version(), git_state(),
-             os.getloadavg()[0], THREADS), flush=True)
+    print("# " + machine("bench/cluster.py") + " per process", flush=True)
     print("# model: n_embd %d, %d layers, n_ctx %d, vocab %d, batch %d, adam; mesh x:N, layout batch:x; %d steps "
           "timed after %d" % (args.n_embd, args.n_layer, args.n_ctx, VOCAB, args.batch, args.steps, args.warmup))
     print("# loopback on one machine: the processes share its cores, so this measures the runtime's overhead, "

@@ -1,5 +1,6 @@
 """What the benchmarks share: the 125M shape, the thread budget, one subprocess per measurement
 (so thread pools do not interfere and peak RSS is per measurement), and TF timeline summaries."""
+import datetime
 import json
 import os
 import platform
@@ -122,3 +123,10 @@ def git_state():
         return "(not a git checkout)"
     changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
     return commit + (" + %d changed files" % len(changed) if changed else "")
+
+
+def machine(name):
+    """The line every benchmark starts with: what ran, where and when (a figure holds for this machine only)."""
+    return "%s, %s: %s (%d CPUs), Python %s, repo %s, 1-min load %.2f, %d threads" % (
+        name, datetime.datetime.now().isoformat(timespec="seconds"), cpu_model(), os.cpu_count(),
+        platform.python_version(), git_state(), os.getloadavg()[0], THREADS)

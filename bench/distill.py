@@ -17,17 +17,15 @@ Each is timed over --steps session runs after --warmup; the median is shown, wit
 trainer/flops.py counts for it. Expect distill ≈ student + teacher: the teacher runs forward only.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
 import numpy as np
-from common import THREADS, VOCAB, cpu_model, raw_config
+from common import THREADS, VOCAB, machine, raw_config
 
 from gpt_neo_mtf.meshtf import mtf, tf
 from gpt_neo_mtf.trainer import distill, flops
@@ -92,8 +90,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     args = p.parse_args(argv)
-    print("%s | %s | %d CPUs | Python %s | load %.2f | %d threads" % (
-        datetime.date.today(), cpu_model(), os.cpu_count(), platform.python_version(), os.getloadavg()[0], THREADS))
+    print(machine("bench/distill.py"))
     with tempfile.TemporaryDirectory() as directory:
         plain, distilling = configs(args, directory)
     tokens = args.batch * args.n_ctx

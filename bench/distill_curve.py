@@ -11,13 +11,11 @@ evaluated (4 batches of the validation split) every `--every` steps. Prints a ta
 cross-entropy and writes the plot (matplotlib, `pip install -e ".[plot]"`). About 10 minutes on 2 cores.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import tempfile
 
-from common import REPO, VOCAB, cpu_model
+from common import REPO, VOCAB, machine
 
 from gpt_neo_mtf.cli import gpt_neo
 from gpt_neo_mtf.tfrecords_tools.create_tfrecords import create_tfrecords
@@ -83,8 +81,7 @@ def main():
     p.add_argument("--output", default=os.path.join(REPO, "docs", "images", "distill_curve.png"))
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    print("%s, %s (%s), CPU: %s" % (datetime.datetime.now().isoformat(timespec="seconds"), platform.node(),
-                                     platform.machine(), cpu_model()))
+    print(machine("bench/distill_curve.py"))
     root = tempfile.mkdtemp(prefix="distill_curve_")
     records = os.path.join(root, "records")
     for split in ("train", "val"):

@@ -34,17 +34,15 @@ op's time is its own rather than a wait behind an overlapping op), and prints th
 scopes and ops.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
 import numpy as np
-from common import (THREADS, VOCAB, cpu_model, emit_result, git_state, print_trace, raw_config, run_worker,
+from common import (THREADS, VOCAB, emit_result, machine, print_trace, raw_config, run_worker,
                     trace_summary)
 
 LR = 6e-4
@@ -346,9 +344,7 @@ def main(argv=None):
         return
     args.only = [impl for impl in ("ours", "hf") if impl in args.only.split(",")]
 
-    print("train benchmark, %s, %s (%d CPUs), Python %s, repo %s; 1-min load average %.1f; %d threads each side"
-          % (datetime.date.today(), cpu_model(), os.cpu_count(),
-             platform.python_version(), git_state(), os.getloadavg()[0], THREADS), flush=True)
+    print(machine("bench/train.py") + " each side", flush=True)
     peaks = {"tf": run(args, "peak_tf"), "torch": run(args, "peak_torch")}
     cube = gemm_key(1024, 1024, 1024, "float32")
     peak = max(peaks[side]["flops"][cube] for side in peaks)

@@ -157,6 +157,14 @@ def test_predict_on_a_cluster_samples_as_one_process(make_config, tmp_path, proc
     assert many == one and len(one) == 1 and one[0]["tokens"]
 
 
+def wait_for_step(chief, step):
+    """Until the chief's log line reports `step` (it must still be running)."""
+    deadline = time.monotonic() + 300
+    while not re.search(r"^\S+ \S+ step %d/" % step, chief.output(), re.M):
+        assert chief.process.poll() is None and time.monotonic() < deadline, chief.output()
+        time.sleep(0.01)
+
+
 def test_a_killed_worker_stops_the_chief_with_75_and_a_restart_resumes_exactly(make_config, tmp_path, processes):
     steps = dict(SMALL, mesh_shape="x:2", layout="batch:x", train_steps=10, lr_decay_end=10)
     whole = make_config("whole", **steps)
@@ -167,10 +175,7 @@ def test_a_killed_worker_stops_the_chief_with_75_and_a_restart_resumes_exactly(m
     cluster = write_cluster(tmp_path, [1, 1])
     [worker] = start_workers(processes, cluster)
     chief = processes("--model", resumed, "--cluster", cluster, "--steps_per_checkpoint", "3")
-    deadline = time.monotonic() + 300
-    while not re.search(r"^\S+ \S+ step 5/", chief.output(), re.M):
-        assert chief.process.poll() is None and time.monotonic() < deadline, chief.output()
-        time.sleep(0.01)
+    wait_for_step(chief, 5)
     worker.process.send_signal(signal.SIGKILL)
     assert chief.wait() == EXIT_STOPPED
     address = json.load(open(cluster))["tasks"][1]["address"]
@@ -199,10 +204,7 @@ def test_a_hung_worker_stops_the_chief_with_75(make_config, tmp_path, processes)
     cluster = write_cluster(tmp_path, [1, 1])
     [worker] = start_workers(processes, cluster)
     chief = processes("--model", config, "--cluster", cluster, "--steps_per_checkpoint", "2")
-    deadline = time.monotonic() + 300
-    while not re.search(r"^\S+ \S+ step 3/", chief.output(), re.M):
-        assert chief.process.poll() is None and time.monotonic() < deadline, chief.output()
-        time.sleep(0.01)
+    wait_for_step(chief, 3)
     worker.process.send_signal(signal.SIGSTOP)
     assert chief.wait(timeout=120) == EXIT_STOPPED
     address = json.load(open(cluster))["tasks"][1]["address"]
@@ -217,10 +219,7 @@ def test_workers_of_a_killed_chief_exit_by_themselves(make_config, tmp_path, pro
     cluster = write_cluster(tmp_path, [1, 1, 1])
     workers = start_workers(processes, cluster)
     chief = processes("--model", config, "--cluster", cluster)
-    deadline = time.monotonic() + 300
-    while not re.search(r"^\S+ \S+ step 2/", chief.output(), re.M):
-        assert chief.process.poll() is None and time.monotonic() < deadline, chief.output()
-        time.sleep(0.01)
+    wait_for_step(chief, 2)
     chief.process.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     for w in workers:
