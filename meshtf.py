@@ -4,10 +4,23 @@ Every module that needs `tf` (the compat.v1 API) or `mtf` imports them from here
 TF 2.15 compatibility fix for mesh-tensorflow 0.1.21 and the graph-mode switches happen
 exactly once, before any `import mesh_tensorflow`.
 """
+import ctypes
+import ctypes.util
 import os
 
 # oneDNN / cpu_feature_guard chatter (level 2) and full TF's CUDA probe lines (level 3).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Tensors of 1 MiB and more get pages of their own, returned when freed (glibc's M_MMAP_THRESHOLD,
+# as MALLOC_MMAP_THRESHOLD_=1048576 would set it; a value given there wins). By default glibc raises that
+# threshold to the size of each such block freed, up to 32 MiB, and then serves them from its heap,
+# where a training step's tensors of every size fragment it: with this, a 125M model's training
+# step on CPU peaked 0.1-0.2 GB lower and ran at least as fast (bench/train.py).
+M_MMAP_THRESHOLD = -3
+if "MALLOC_MMAP_THRESHOLD_" not in os.environ and ctypes.util.find_library("c"):
+    _libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if hasattr(_libc, "mallopt"):  # glibc
+        _libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
 import tensorflow.compat.v1 as tf  # noqa: E402
 from tensorflow.python.framework import ops as _tf_ops  # noqa: E402

@@ -93,6 +93,34 @@ def trace_summary(step_stats, graph, steps):
             "shapes": {name: shapes.get(name) for name, _ in by_op}}
 
 
+def memory_summary(step_stats, top=25):
+    """The traced step's tensors (TF's allocation records, variables not included): the peak of the bytes
+    alive at once, and the largest tensors alive at that moment, each and summed over the layers (h*)."""
+    events = sorted((record.alloc_micros, record.alloc_bytes, node.node_name)
+                    for device in step_stats.dev_stats for node in device.node_stats
+                    for memory in node.memory for record in memory.allocation_records)
+    live, peak, alive, at_peak = 0, 0, defaultdict(int), {}
+    for _, size, name in events:
+        live += size
+        alive[name] += size
+        if live > peak:
+            peak, at_peak = live, dict(alive)
+    by_layer_op = defaultdict(int)
+    for name, size in at_peak.items():
+        by_layer_op[re.sub(r"/h\d+/", "/h*/", name)] += size
+    largest = lambda table: [(k, v) for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:top] if v > 0]  # noqa: E731
+    return {"peak_bytes": peak, "by_op": largest(at_peak), "by_layer_op": largest(by_layer_op)}
+
+
+def print_memory(title, summary):
+    print("\n%s: %.0f MB alive at the peak" % (title, summary["peak_bytes"] / 2 ** 20))
+    for heading, key in (("op, summed over layers h*", "by_layer_op"), ("op", "by_op")):
+        print("  %-78s %8s" % (heading, "MB"))
+        for name, size in summary[key]:
+            print("  %-78s %8.1f" % (name[-78:], size / 2 ** 20))
+        print()
+
+
 def print_trace(title, summary):
     print("\n" + title)
     steps = summary["steps"]
@@ -111,6 +139,14 @@ def cpu_model():
     with open("/proc/cpuinfo") as f:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     return names[0] if names else platform.machine()
+
+
+def instruction_sets():
+    """The CPU's vector and matrix instruction sets, which decide which matmul kernels oneDNN and MKL pick."""
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    wanted = [flag for flag in flags if flag.startswith(("avx", "amx", "fma"))]
+    return "instruction sets: " + (" ".join(sorted(wanted)) or "(none of avx*, amx*, fma)")
 
 
 def git_state():

@@ -1,7 +1,7 @@
 """Training throughput on CPU: our trainer vs HuggingFace GPT-Neo (PyTorch), and MFU against this CPU's peak.
 
-    python bench/train.py [--shapes 256x4,1024x1] [--n_layer 12] [--warmup 2] [--steps 5]
-                          [--matmul_reps 5] [--only ours,hf] [--profile]
+    python bench/train.py [--shapes 256x4,1024x1] [--dtypes float32,bfloat16] [--n_layer 12] [--warmup 2]
+                          [--steps 5] [--matmul_reps 5] [--only ours,hf] [--profile]
 
 One run measures, each in its own subprocess (so thread pools do not interfere and peak RSS is per
 measurement), all with 2 threads: TF's session pools through TF_NUM_INTRAOP_THREADS /
@@ -24,14 +24,18 @@ build the session, torch.set_num_threads(2), OMP_NUM_THREADS=2.
 3. hf: transformers GPTNeoForCausalLM, same shape, dropout 0, random init, loss = model(ids,
    labels=ids).loss, backward, clip_grad_norm_(1.0), torch.optim.AdamW(weight_decay=0.01, on every
    parameter), zero_grad; the same steps timed around all of that (the token ids are made beforehand).
+Each of --dtypes: float32, or bfloat16 activations: ours with `precision: bfloat16` (float32 slices
+updated by Adam, bfloat16 compute), HF's forward and loss under torch.autocast("cpu", torch.bfloat16)
+(float32 weights and AdamW).
 
 tokens/s = n_ctx x batch x steps / the timed seconds; "best step" is the fastest timed step alone,
-a hint of the speed on an idle machine when the load varied. MFU = tokens/s x model FLOPs per token
+a hint of the speed on an idle machine when the load varied; "spread" is the slowest timed step over
+the fastest. MFU = tokens/s x model FLOPs per token
 (trainer/flops.py) / the CPU peak, for both sides.
 --profile adds a TF timeline (RunMetadata FULL_TRACE) of one training step of ours at the first
 shape, through the estimator with the same train op but one op at a time (1 inter-op thread, so an
 op's time is its own rather than a wait behind an overlapping op), and prints the top op types,
-scopes and ops.
+scopes and ops, the peak of the step's tensors alive at once and the largest of them at that moment.
 """
 import argparse
 import json
@@ -42,8 +46,8 @@ import tempfile
 import time
 
 import numpy as np
-from common import (THREADS, VOCAB, emit_result, machine, print_trace, raw_config, run_worker,
-                    trace_summary)
+from common import (THREADS, VOCAB, emit_result, instruction_sets, machine, memory_summary, print_memory, print_trace,
+                    raw_config, run_worker, trace_summary)
 
 LR = 6e-4
 WEIGHT_DECAY = 0.01
@@ -86,9 +90,10 @@ def checkpoint_interval(steps):
     return steps + 1
 
 
-def training_config(n_ctx, batch, n_layer, steps, model_path):
+def training_config(n_ctx, batch, n_layer, steps, model_path, dtype):
     """The original's keys of the benchmarked training run."""
     return dict(raw_config(n_ctx, n_layer), model_path=model_path, train_batch_size=batch, train_steps=steps,
+                precision=dtype,
                 iterations=1, lr=LR, weight_decay=WEIGHT_DECAY, gradient_clipping=CLIP,
                 datasets=[["synthetic", None, None, None]], no_dataset=False)
 
@@ -147,7 +152,8 @@ def _write_run(workdir, args, steps):
                    "eos_id": VOCAB - 1, "padding_id": VOCAB - 1}, f)
     path = os.path.join(workdir, "bench_train.json")
     with open(path, "w") as f:
-        json.dump(training_config(args.n_ctx, args.batch, args.n_layer, steps, os.path.join(workdir, "model")), f)
+        json.dump(training_config(args.n_ctx, args.batch, args.n_layer, steps, os.path.join(workdir, "model"),
+                                  args.dtype), f)
     return path
 
 
@@ -205,7 +211,7 @@ def worker_profile(args):
     steps = args.warmup + 1
     workdir = tempfile.mkdtemp(prefix="gpt-neo-bench-train-")
     try:
-        raw = dict(training_config(args.n_ctx, args.batch, args.n_layer, steps, workdir), datasets=[],
+        raw = dict(training_config(args.n_ctx, args.batch, args.n_layer, steps, workdir, args.dtype), datasets=[],
                    no_dataset=True)
         config = build_config(raw, "bench_train", [])
         estimator = build_estimator(config, select_hardware(config.mesh), checkpoint_interval(steps))
@@ -216,7 +222,8 @@ def worker_profile(args):
 
         trace = TraceStep(steps)
         estimator.train(input_fn, max_steps=steps, hooks=[trace])
-        return {"profile": trace_summary(trace.step_stats, trace.graph, steps=1), "traced_seconds": trace.seconds}
+        return {"profile": trace_summary(trace.step_stats, trace.graph, steps=1), "traced_seconds": trace.seconds,
+                "memory": memory_summary(trace.step_stats)}
     finally:
         shutil.rmtree(workdir)
 
@@ -236,10 +243,12 @@ def worker_hf(args):
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     steps = args.warmup + args.steps
     ids = torch.randint(0, VOCAB, (steps, args.batch, args.n_ctx), generator=torch.Generator().manual_seed(1234))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     step_seconds = []
     for i in range(steps):
         start = time.perf_counter()
-        loss = model(input_ids=ids[i], labels=ids[i]).loss
+        with autocast:
+            loss = model(input_ids=ids[i], labels=ids[i]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
@@ -259,15 +268,15 @@ NAMES = {"ours": "ours (main.py)", "hf": "HF GPTNeoForCausalLM"}
 # Driver
 
 
-def run(args, worker, n_ctx=None, batch=None, peak_tflops=None):
+def run(args, worker, n_ctx=None, batch=None, dtype=None, peak_tflops=None):
     command = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--shapes",
                ",".join("%dx%d" % s for s in args.shapes), "--n_layer", str(args.n_layer), "--warmup",
                str(args.warmup), "--steps", str(args.steps), "--matmul_reps", str(args.matmul_reps)]
     if n_ctx:
-        command += ["--n_ctx", str(n_ctx), "--batch", str(batch)]
+        command += ["--n_ctx", str(n_ctx), "--batch", str(batch), "--dtype", dtype]
     if peak_tflops:
         command += ["--peak_tflops", repr(peak_tflops)]
-    label = worker if n_ctx is None else "%s at n_ctx %d x batch %d" % (worker, n_ctx, batch)
+    label = worker if n_ctx is None else "%s at n_ctx %d x batch %d, %s" % (worker, n_ctx, batch, dtype)
     result = run_worker(command, label)
     timed = " (%.1f s timed)" % result["seconds"] if "seconds" in result else ""
     print("  %-36s %5.0f s in all%s, peak RSS %.0f MB, 1-min load average %.1f -> %.1f" % (
@@ -283,7 +292,7 @@ def model_flops_per_token(args, n_ctx):
     return model_flops_per_token(build_config(raw_config(n_ctx, args.n_layer), "bench", []).model)
 
 
-def print_tables(args, peaks, results, peak):
+def print_tables(args, peaks, results):
     print("\nMatmul GFLOP/s (best of %d), %d threads:\n" % (args.matmul_reps, THREADS))
     print("| GEMM [M,K]x[K,N] | TF float32 | TF bfloat16 | torch float32 | torch bfloat16 |")
     print("|---|---|---|---|---|")
@@ -291,40 +300,50 @@ def print_tables(args, peaks, results, peak):
         print("| [%d,%d]x[%d,%d] | %s |" % (m, k, k, n, " | ".join(
             "%.1f" % (peaks[side]["flops"][gemm_key(m, k, n, dtype)] / 1e9)
             for side in ("tf", "torch") for dtype in DTYPES)))
-    print("\nTraining, float32, %d layers, %d timed steps after %d warm-up; MFU against the 1024^3 float32 peak"
-          " %.1f GFLOP/s:\n" % (args.n_layer, args.steps, args.warmup, peak / 1e9))
-    print("| n_ctx x batch | implementation | tokens/s | ours/HF | s/step | best step tokens/s | model TFLOP/s | MFU |"
-          " peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\nTraining, %d layers, %d timed steps after %d warm-up; MFU against the larger 1024^3 figure of TF and"
+          " torch in the run's dtype (%s):\n" % (args.n_layer, args.steps, args.warmup, ", ".join(
+              "%s %.1f GFLOP/s" % (dtype, cpu_peak(peaks, dtype) / 1e9) for dtype in args.dtypes)))
+    print("| n_ctx x batch | dtype | implementation | tokens/s | ours/HF | s/step | best step tokens/s | spread |"
+          " model TFLOP/s | MFU | peak RSS MB | ours/HF RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n_ctx, batch in args.shapes:
         flops_per_token = model_flops_per_token(args, n_ctx)
-        rates = {impl: n_ctx * batch * args.steps / results[impl, n_ctx, batch]["seconds"]
-                 for impl in args.only if (impl, n_ctx, batch) in results}
-        for impl, rate in rates.items():
-            result = results[impl, n_ctx, batch]
-            ratio = "%.2fx" % (rate / rates["hf"]) if impl == "ours" and "hf" in rates else ""
-            print("| %d x %d | %s | %.1f | %s | %.2f | %.1f | %.4f | %.1f%% | %.0f |" % (
-                n_ctx, batch, NAMES[impl], rate, ratio, n_ctx * batch / rate,
-                n_ctx * batch / min(result["step_seconds"]), rate * flops_per_token / 1e12,
-                100 * rate * flops_per_token / peak, result["peak_rss_mb"]))
+        for dtype in args.dtypes:
+            rows = {impl: results[impl, n_ctx, batch, dtype] for impl in args.only
+                    if (impl, n_ctx, batch, dtype) in results}
+            rates = {impl: n_ctx * batch * args.steps / result["seconds"] for impl, result in rows.items()}
+            for impl, result in rows.items():
+                both = impl == "ours" and "hf" in rows
+                print("| %d x %d | %s | %s | %.1f | %s | %.2f | %.1f | %.2f | %.4f | %.1f%% | %.0f | %s |" % (
+                    n_ctx, batch, dtype, NAMES[impl], rates[impl], "%.2fx" % (rates[impl] / rates["hf"]) if both else "",
+                    n_ctx * batch / rates[impl], n_ctx * batch / min(result["step_seconds"]),
+                    max(result["step_seconds"]) / min(result["step_seconds"]), rates[impl] * flops_per_token / 1e12,
+                    100 * rates[impl] * flops_per_token / cpu_peak(peaks, dtype), result["peak_rss_mb"],
+                    "%.2fx" % (result["peak_rss_mb"] / rows["hf"]["peak_rss_mb"]) if both else ""))
     print()
-    for n_ctx, batch in args.shapes:
-        if ("ours", n_ctx, batch) in results:
-            ours = results["ours", n_ctx, batch]
-            log = [line for line in ours["stdout"].splitlines() if "tokens/s" in line]
-            print("ours at %d x %d: timed step seconds %s; the trainer's last log line: %s" % (
-                n_ctx, batch, ", ".join("%.2f" % s for s in ours["step_seconds"]), log[-1]))
-        if ("hf", n_ctx, batch) in results:
-            hf = results["hf", n_ctx, batch]
-            print("hf at %d x %d: timed step seconds %s; last loss %.3f; torch %s, transformers %s, attention %s" % (
-                n_ctx, batch, ", ".join("%.2f" % s for s in hf["step_seconds"]), hf["final_loss"], hf["torch"],
-                hf["transformers"], hf["attn_implementation"]))
+    for (impl, n_ctx, batch, dtype), result in sorted(results.items()):
+        steps = ", ".join("%.2f" % s for s in result["step_seconds"])
+        if impl == "ours":
+            log = [line for line in result["stdout"].splitlines() if "tokens/s" in line]
+            print("ours at %d x %d, %s: timed step seconds %s; the trainer's last log line: %s" % (
+                n_ctx, batch, dtype, steps, log[-1]))
+        else:
+            print("hf at %d x %d, %s: timed step seconds %s; last loss %.3f; torch %s, transformers %s, attention %s" % (
+                n_ctx, batch, dtype, steps, result["final_loss"], result["torch"], result["transformers"],
+                result["attn_implementation"]))
+
+
+def cpu_peak(peaks, dtype):
+    """FLOP/s: the larger of TF's and torch's 1024^3 matmul in `dtype`."""
+    return max(peaks[side]["flops"][gemm_key(1024, 1024, 1024, dtype)] for side in peaks)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", type=parse_shapes, default=parse_shapes("256x4,1024x1"),
                         help="n_ctx x batch of each training measurement")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="activation dtypes to train in: float32 and/or bfloat16")
     parser.add_argument("--n_layer", type=int, default=12, help="layers (even: global/local pairs)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
@@ -335,6 +354,7 @@ def main(argv=None):
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--n_ctx", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
     parser.add_argument("--peak_tflops", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.n_layer < 2 or args.n_layer % 2:
@@ -343,21 +363,24 @@ def main(argv=None):
         emit_result(WORKERS[args.worker](args))
         return
     args.only = [impl for impl in ("ours", "hf") if impl in args.only.split(",")]
+    args.dtypes = [dtype for dtype in DTYPES if dtype in args.dtypes.split(",")]
 
     print(machine("bench/train.py") + " each side", flush=True)
+    print(instruction_sets(), flush=True)
     peaks = {"tf": run(args, "peak_tf"), "torch": run(args, "peak_torch")}
-    cube = gemm_key(1024, 1024, 1024, "float32")
-    peak = max(peaks[side]["flops"][cube] for side in peaks)
     results = {}
     for n_ctx, batch in args.shapes:
-        for impl in args.only:
-            results[impl, n_ctx, batch] = run(args, impl, n_ctx, batch, peak / 1e12)
-    profile = run(args, "profile", *args.shapes[0]) if args.profile else None
-    print_tables(args, peaks, results, peak)
-    if profile:
+        for dtype in args.dtypes:
+            for impl in args.only:
+                results[impl, n_ctx, batch, dtype] = run(args, impl, n_ctx, batch, dtype,
+                                                         cpu_peak(peaks, dtype) / 1e12)
+    profiles = [(dtype, run(args, "profile", *args.shapes[0], dtype)) for dtype in args.dtypes] if args.profile else []
+    print_tables(args, peaks, results)
+    for dtype, profile in profiles:
         n_ctx, batch = args.shapes[0]
-        print_trace("Timeline of one traced training step of ours at %d x %d (%.1f s, ops one at a time):"
-                    % (n_ctx, batch, profile["traced_seconds"]), profile["profile"])
+        print_trace("Timeline of one traced training step of ours at %d x %d, %s (%.1f s, ops one at a time):"
+                    % (n_ctx, batch, dtype, profile["traced_seconds"]), profile["profile"])
+        print_memory("Tensors of that step (TF's allocation records; variables not included)", profile["memory"])
 
 
 if __name__ == "__main__":

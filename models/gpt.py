@@ -12,17 +12,20 @@ import dataclasses
 from ..meshtf import mtf, tf
 from .attention import attention, attention_masks, attention_step
 from .entmax import entmax_loss
-from .layers import dense, dropout, embed, layer_norm, mlp, normal_initializer, rezero, scale_norm
+from .layers import dense, dropout, embed, layer_norm, log_z_and_target, mlp, normal_initializer, rezero, scale_norm
 from .moe import moe
 from .positions import position_embedding
 
 
-def variable_dtype(precision):
+def variable_dtype(precision, training=True):
     """The variables' dtypes for `precision` ("float32" or "bfloat16", as the original): bfloat16 stores
     the weights (masters, so checkpoints) in bfloat16, keeps and updates the per-device slices in float32
-    so small updates are not rounded away, and computes in bfloat16 (attention logits and the loss in float32)."""
+    so small updates are not rounded away, and computes in bfloat16 (attention logits and the loss in float32).
+    Not `training` (sampling), nothing is updated: the slices are bfloat16 too (a one-device mesh then
+    keeps no second copy of the weights)."""
     if precision == "bfloat16":
-        return mtf.VariableDType(master_dtype=tf.bfloat16, slice_dtype=tf.float32, activation_dtype=tf.bfloat16)
+        return mtf.VariableDType(master_dtype=tf.bfloat16, slice_dtype=tf.float32 if training else tf.bfloat16,
+                                 activation_dtype=tf.bfloat16)
     return mtf.VariableDType(tf.float32)
 
 
@@ -186,12 +189,10 @@ def token_losses(logits, labels, d, z_loss, scored=None):
 
     Returns (mean loss, per-token cross-entropy [batch, sequence]); the mean is over the positions
     where `scored` [batch, sequence] is 1 when it is given.
-    A label >= n_vocab has an all-zero one-hot, so only its z-loss term counts (as the original).
+    A label outside [0, n_vocab) has no target logit, so only its z-loss term counts (as the original's
+    all-zero one-hot).
     """
-    logits = mtf.to_float(logits)
-    log_z = mtf.reduce_logsumexp(logits, d.vocab)
-    target_logit = mtf.reduce_sum(logits * mtf.one_hot(labels, d.vocab, dtype=tf.float32),
-                                  reduced_dim=d.vocab)
+    log_z, target_logit = log_z_and_target(logits, labels, d.vocab)
     cross_entropy = log_z - target_logit
     per_token = cross_entropy + z_loss * mtf.square(log_z)
     return _mean(per_token, scored), cross_entropy

@@ -158,6 +158,97 @@ class _ScatterAdd(mtf.Operation):
         lowering.set_tensor_lowering(self.outputs[0], y)
 
 
+def log_z_and_target(logits, labels, vocab):
+    """(log Σ_v exp(logits_v), logits at the label) [..., float32] of logits [..., vocab] (any float dtype)
+    and labels [...]; a label outside [0, vocab) has a target of 0.
+
+    The values of reduce_logsumexp and a one-hot product, but per slice in a few passes over the
+    logits, in their own dtype, without a one-hot operand or float32 copies kept for the backward
+    pass: at vocab 50257 each such tensor is as large as all of a 125M model's activations. The
+    gradient (`_LogZAndTargetGrad`) recomputes the softmax from the logits.
+    """
+    op = _LogZAndTarget(logits, labels, vocab)
+    return op.outputs[0], op.outputs[1]
+
+
+def _vocab_reduce(mesh_impl, x, axis, reduction):
+    return x if axis is None else mesh_impl.allreduce(x, [axis], reduction)
+
+
+def _flat_label_indices(labels, rows):
+    """[n, 1] indices into a flattened [..., rows] slice of each label row that lies in it, and whether it does."""
+    local, inside = _local_rows(labels, 0, rows)
+    flat = tf.range(tf.size(labels)) * rows + tf.reshape(local, [-1])
+    return flat[:, None], tf.reshape(inside, [-1])
+
+
+class _LogZAndTarget(mtf.Operation):
+    ALLREDUCES = 3  # over a split vocab, each of [...] float32: the maxima, the sums of exponentials, the targets
+
+    def __init__(self, logits, labels, vocab):
+        if logits.shape.dims[-1] != vocab or logits.shape.dims[:-1] != labels.shape.dims:
+            raise ValueError("log_z_and_target: logits %s must be labels %s + [%s]" % (logits.shape, labels.shape, vocab))
+        super().__init__([logits, labels], name="log_z_and_target")
+        self._vocab = vocab
+        self._outputs = [mtf.Tensor(self, labels.shape, tf.float32) for _ in range(2)]
+        # (shape, dtype) of the buffers alive while the op runs (trainer/memory.py counts them): exp(logits - max)
+        self.scratch = ((logits.shape, tf.float32),)
+
+    def gradient(self, grad_ys):
+        logits, labels = self.inputs
+        d_log_z, d_target = (mtf.zeros(logits.mesh, labels.shape) if g is None else g for g in grad_ys)
+        return [_LogZAndTargetGrad(logits, labels, self.outputs[0], d_log_z, d_target, self._vocab).outputs[0], None]
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        logits, labels = (lowering.tensors[x] for x in self.inputs)
+        rows = mesh_impl.slice_shape(self.inputs[0].shape)[-1]
+        offset, axis = _table_offset(mesh_impl, self._vocab, rows)
+        top = mesh_impl.slicewise(lambda x: tf.cast(tf.reduce_max(x, -1), tf.float32), logits)
+        top = _vocab_reduce(mesh_impl, top, axis, "MAX")
+
+        def sum_exp(x, top):
+            return tf.reduce_sum(tf.exp(tf.cast(x, tf.float32) - top[..., None]), -1)
+
+        total = _vocab_reduce(mesh_impl, mesh_impl.slicewise(sum_exp, logits, top), axis, "SUM")
+        log_z = mesh_impl.slicewise(lambda top, total: top + tf.math.log(total), top, total)
+
+        def target(x, labels, offset):
+            indices, inside = _flat_label_indices(labels - offset, rows)
+            picked = tf.gather(tf.reshape(x, [-1]), indices[:, 0])
+            return tf.reshape(tf.cast(picked, tf.float32) * tf.cast(inside, tf.float32), tf.shape(labels))
+
+        lowering.set_tensor_lowering(self.outputs[0], log_z)
+        lowering.set_tensor_lowering(self.outputs[1], _vocab_reduce(
+            mesh_impl, mesh_impl.slicewise(target, logits, labels, offset), axis, "SUM"))
+
+
+class _LogZAndTargetGrad(mtf.Operation):
+    """d logits = softmax(logits) · d_log_z + one_hot(labels) · d_target, in the logits' dtype."""
+
+    def __init__(self, logits, labels, log_z, d_log_z, d_target, vocab):
+        super().__init__([logits, labels, log_z, d_log_z, d_target], name="log_z_and_target_grad")
+        self._vocab = vocab
+        self._outputs = [mtf.Tensor(self, logits.shape, logits.dtype)]
+        # The float32 softmax, when the logits are not float32 (else it can become the output).
+        self.scratch = () if logits.dtype == tf.float32 else ((logits.shape, tf.float32),)
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        rows = mesh_impl.slice_shape(self.inputs[0].shape)[-1]
+        offset, _ = _table_offset(mesh_impl, self._vocab, rows)
+
+        def grad(x, labels, log_z, d_log_z, d_target, offset):
+            dx = tf.exp(tf.cast(x, tf.float32) - log_z[..., None]) * d_log_z[..., None]
+            indices, inside = _flat_label_indices(labels - offset, rows)
+            updates = tf.reshape(d_target, [-1]) * tf.cast(inside, tf.float32)
+            return tf.cast(tf.reshape(tf.tensor_scatter_nd_add(tf.reshape(dx, [-1]), indices, updates), tf.shape(x)),
+                           x.dtype)
+
+        inputs = [lowering.tensors[x] for x in self.inputs]
+        lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(grad, *inputs, offset))
+
+
 # ---------------------------------------------------------------------------------------------
 # MLP
 

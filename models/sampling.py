@@ -30,6 +30,7 @@ class PredictConfig:
     num_samples: int = 1              # samples per prompt
     remove_partial_sequences: bool = False   # output only the continuation, not the prompt
     entmax_sampling: bool = False     # sample from 1.3-entmax(logits), not softmax (the original's flag)
+    predict_precision: str = "float32"  # what sampling computes in (new key; see models.gpt.variable_dtype)
 
 
 def decode_length(longest_prompt, max_new_tokens, n_ctx, multiple=64):

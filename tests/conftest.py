@@ -152,13 +152,13 @@ def randomize_and_run(lowering, fetches, seed=0, devices=1, weights=None):
         weights = {}
         for v in sorted(tf.global_variables(), key=lambda v: v.name):
             name = v.name.split(":")[0]
-            if v.dtype.base_dtype != tf.float32 or "adam" in name:
+            if not v.dtype.base_dtype.is_floating or "adam" in name:
                 continue
             value = rng.normal(0, 0.2, v.shape.as_list()).astype(np.float32)
             if name.endswith("/g"):
                 value += 1.0
             value = given[name] if given is not None else value
-            v.load(value, session)
+            v.load(value.astype(v.dtype.base_dtype.as_numpy_dtype), session)
             weights[name] = value
         session.run(lowering.copy_masters_to_slices())
         return weights, session.run(fetches)

@@ -128,26 +128,47 @@ def test_logits_and_loss_equal_numpy_reference(features):
     assert our_loss == pytest.approx(token_loss.mean() + sum(balance), rel=1e-5)
 
 
-def test_token_losses_and_z_loss_equal_numpy():
-    """ℓ = logZ − z_target + z_loss·logZ² per token; a label >= n_vocab keeps only the z-loss term."""
-    config = make(**SMALL, z_loss=0.1)
+@pytest.mark.parametrize("mesh_shape,layout,dtype", [
+    ("x:1", "", tf.float32),
+    ("x:1", "", tf.bfloat16),
+    ("x:2", "vocab:x", tf.float32),            # each device holds half the vocab
+    ("x:2,y:2", "batch:x,vocab:y", tf.float32),
+])
+def test_token_losses_and_z_loss_and_their_gradient_equal_numpy(mesh_shape, layout, dtype):
+    """ℓ = logZ − z_target + z_loss·logZ² per token; a label outside [0, n_vocab) keeps only the z-loss
+    term; d mean(ℓ) / d logits = (softmax · (1 + 2 z_loss logZ) − one_hot) / tokens, in the logits' dtype."""
+    config = make(**SMALL, z_loss=0.1, mesh_shape=mesh_shape, layout=layout)
     rng = np.random.RandomState(4)
     logits = rng.normal(0, 3, size=(2, 16, 64))
     labels = rng.randint(0, 64, size=(2, 16))
     labels[1, 3] = 64
+    labels[0, 5] = -1
+    if dtype == tf.bfloat16:  # the values the bfloat16 logits hold
+        logits = tf.Session().run(tf.cast(tf.cast(logits, tf.bfloat16), tf.float64))
     with tf.Graph().as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
         d = Dims.build(config.model, 2)
-        z = import_array(mesh, logits, [d.batch, d.sequence, d.vocab])
+        z = mtf.cast(import_array(mesh, logits, [d.batch, d.sequence, d.vocab]), dtype)
         y = mtf.import_fully_replicated(mesh, tf.constant(labels, tf.int32), mtf.Shape([d.batch, d.sequence]))
         loss, cross_entropy = token_losses(z, y, d, 0.1)
-        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
-        with tf.Session() as session:
-            loss, cross_entropy = session.run([lowering.export_to_tf_tensor(t) for t in (loss, cross_entropy)])
+        grad = mtf.gradients([loss], [z])[0]
+        assert grad.dtype == dtype
+        grad = mtf.cast(grad, tf.float32)
+        lowering = mtf.Lowering(graph, {mesh: placement(config, config.mesh.size)})
+        with tf.Session(config=tf.ConfigProto(device_count={"CPU": config.mesh.size})) as session:
+            loss, cross_entropy, grad = session.run([lowering.export_to_tf_tensor(t)
+                                                     for t in (loss, cross_entropy, grad)])
     expected_cross_entropy, expected = numpy_token_losses(logits, labels, 0.1)
     np.testing.assert_allclose(cross_entropy, expected_cross_entropy, rtol=1e-5)
     assert loss == pytest.approx(expected.mean(), rel=1e-5)
+    log_z = expected_cross_entropy + np.where(labels == 64, 0, np.take_along_axis(
+        logits, np.clip(labels, 0, 63)[..., None], -1)[..., 0]) * (labels >= 0)
+    softmax = np.exp(logits - log_z[..., None])
+    one_hot = np.eye(65)[np.where(labels < 0, 64, labels)][..., :64]
+    expected_grad = (softmax * (1 + 0.2 * log_z)[..., None] - one_hot) / labels.size
+    tolerance = 1e-2 if dtype == tf.bfloat16 else 1e-5
+    np.testing.assert_allclose(grad, expected_grad, rtol=tolerance, atol=tolerance * np.abs(expected_grad).max())
 
 
 def test_entmax_loss_is_finite_where_the_target_has_probability_zero_and_its_gradient_is_p_minus_target():

@@ -42,9 +42,12 @@ def test_a_run_predicts_and_evaluates_from_its_model_path_alone(make_config, tmp
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Once upon a time")
     assert run_main("--model_path", model_path, "--predict", "--prompt", str(prompt), "--max_new_tokens", "2") == 0
+    # The float32 checkpoint sampled in bfloat16 (its weights cast at restore)
+    assert run_main("--model_path", model_path, "predict_precision=bfloat16", "--predict", "--prompt", str(prompt),
+                    "--max_new_tokens", "2") == 0
     assert run_main("--model_path", model_path, "--eval") == 0
     out = capsys.readouterr().out
-    assert "SAMPLE 0" in out and "eval at step 1" in out
+    assert out.count("SAMPLE 0") == 2 and "eval at step 1" in out
     assert huggingface.main(["export", "--model_path", model_path, "--output_dir", str(tmp_path / "hf")]) == 0
     assert json.load(open(tmp_path / "hf" / "config.json"))["num_layers"] == 1
 

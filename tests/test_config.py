@@ -198,6 +198,8 @@ BAD_VALUES = [
     pytest.param({"opt_name": "sgd"}, r"^`opt_name` must be \"adam\" or \"adafactor\", got 'sgd' \(the original "
                                       r"silently chose Adafactor for any other value\)$", id="opt_name"),
     pytest.param({"gradient_clipping": 0}, r"^`gradient_clipping` must be positive", id="gradient_clipping"),
+    pytest.param({"predict_precision": "float16"},
+                 r'^`predict_precision` must be one of "float32", "bfloat16", got "float16"$', id="predict_precision"),
     pytest.param({"n_vocab": 50000}, r"^dataset 'sample' was encoded with n_vocab 50257 but the model's `n_vocab` "
                                      r"is 50000; set n_vocab >= 50257$", id="n_vocab-below-dataset"),
     pytest.param({"activation_function": "relu"},

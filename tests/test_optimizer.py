@@ -1,13 +1,14 @@
-"""Learning-rate schedule formulas (spec 7.2) and the optimizers' slot variables."""
+"""Learning-rate schedule formulas (spec 7.2), the optimizers' slot variables and the fused Adam step."""
 import json
 import math
 
+import numpy as np
 import pytest
 from conftest import run_main, scalars
 
-from gpt_neo_mtf.meshtf import tf
+from gpt_neo_mtf.meshtf import mtf, tf
 from gpt_neo_mtf.trainer.config import TrainConfig
-from gpt_neo_mtf.trainer.optimizer import AdamWeightDecay, learning_rate
+from gpt_neo_mtf.trainer.optimizer import AdamWeightDecay, learning_rate, minimize
 
 
 def schedule(step, **keys):
@@ -55,3 +56,63 @@ def test_adafactor_trains_with_factored_slots(make_config):
     assert sorted(losses) == list(range(1, 11)) and losses[10] < losses[1]
     assert sorted(scalars(model_path, "lr")) == list(range(1, 11))
     assert sorted(scalars(model_path, "tokens_per_sec")) == [5, 10]
+
+
+def adam_steps(fused, mesh_shape, layout, applies=1.0, steps=2):
+    """Two Adam steps of minimize() on a kernel (decayed) and a norm gain (not), with fixed gradients;
+    the weights and slots after them, by name."""
+    train = TrainConfig(train_batch_size=1, train_steps=10, lr=0.01, opt_name="adam", iterations=1, weight_decay=0.1,
+                        gradient_clipping=1.0)
+    rng = np.random.RandomState(0)
+    embd, hidden = mtf.Dimension("embd", 6), mtf.Dimension("mlp", 4)
+    values = {"h0/mlp/kernel": rng.normal(size=(6, 4)), "h0/norm_1/g": rng.normal(size=(6,))}
+    grads = {"h0/mlp/kernel": rng.normal(size=(6, 4)), "h0/norm_1/g": rng.normal(size=(6,))}
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        shapes = {"h0/mlp/kernel": [embd, hidden], "h0/norm_1/g": [embd]}
+        variables = [mtf.get_variable(mesh, name, shapes[name], initializer=tf.constant_initializer(values[name]))
+                     .operation for name in sorted(values)]
+        g = [mtf.import_fully_replicated(mesh, tf.constant(grads[v.name], tf.float32), v.outputs[0].shape)
+             for v in variables]
+        skip = mtf.import_fully_replicated(mesh, tf.constant(applies, tf.float32), mtf.Shape([]))
+        updates, _, _ = minimize(g, variables, train, tf.constant(1, tf.int64), skip, fused)
+        shape = mtf.convert_to_shape(mesh_shape)
+        impl = mtf.placement_mesh_impl.PlacementMeshImpl(shape, mtf.convert_to_layout_rules(layout),
+                                                         ["/cpu:%d" % i for i in range(shape.size)])
+        lowering = mtf.Lowering(graph, {mesh: impl}, autostack=not fused)
+        step = tf.group([lowering.lowered_operation(op) for op in updates])
+        with tf.Session(config=tf.ConfigProto(device_count={"CPU": 2})) as session:
+            session.run(tf.global_variables_initializer())
+            session.run(lowering.copy_masters_to_slices())
+            for _ in range(steps):
+                session.run(step)
+            session.run(lowering.copy_slices_to_masters())
+            return {v.op.name: session.run(v) for v in tf.global_variables()}, values, grads
+
+
+def test_the_fused_adam_step_is_adam_with_decoupled_weight_decay_on_every_mesh():
+    """w -= lr · (m / (sqrt(v) + eps) + wd · w) with m, v the moving averages of the clipped gradient and no
+    bias correction, norms undecayed: as mtf's elementwise ops compute it, on one device and split over two."""
+    expected, values, grads = {}, None, None
+    for fused, mesh_shape, layout in ((False, "x:1", ""), (True, "x:1", ""), (True, "x:2", "mlp:x")):
+        got, values, grads = adam_steps(fused, mesh_shape, layout)
+        expected = expected or got
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)  # a few float32 ulps
+    norm = math.sqrt(sum((g ** 2).sum() for g in grads.values()))
+    for name in values:
+        w, m, v = values[name], 0.0, 0.0
+        g = grads[name] / max(norm, 1.0)
+        for _ in range(2):
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g ** 2
+            w = w - 0.01 * (m / (np.sqrt(v) + 1e-8) + (0.1 * w if "kernel" in name else 0.0))
+        np.testing.assert_allclose(expected[name], w, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(expected[name + "/adam_m"], m, rtol=1e-5)
+
+
+def test_a_skipped_fused_adam_step_leaves_weights_and_slots_as_they_were():
+    got, values, _ = adam_steps(True, "x:2", "mlp:x", applies=0.0)
+    for name, value in values.items():
+        np.testing.assert_array_equal(got[name], value.astype(np.float32))
+        assert not got[name + "/adam_m"].any() and not got[name + "/adam_v"].any()

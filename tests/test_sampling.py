@@ -7,9 +7,9 @@ from conftest import make, placement, randomize_and_run
 
 from gpt_neo_mtf.meshtf import mtf, tf
 from gpt_neo_mtf.models.attention import decode_state
-from gpt_neo_mtf.models.context import Context
+from gpt_neo_mtf.models.context import FLOAT32, Context
 from gpt_neo_mtf.models.dims import Dims
-from gpt_neo_mtf.models.gpt import gpt, gpt_step, gpt_with_cache
+from gpt_neo_mtf.models.gpt import gpt, gpt_step, gpt_with_cache, variable_dtype
 from gpt_neo_mtf.models.sampling import PredictConfig, generate, restrict
 
 
@@ -39,7 +39,7 @@ def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, min_p
         return randomize_and_run(lowering, lowering.export_to_tf_tensor(out), weights=weights, devices=devices)[1]
 
 
-def stepped_logits(config, ids, prompt, weights):
+def stepped_logits(config, ids, prompt, weights, dtype=FLOAT32):
     """The logits [batch, length, vocab] that cached decoding computes for ids [batch, length <= n_ctx],
     every token teacher-forced: positions before prompt - 1 from the parallel pass that prefills the
     caches (as `generate` does), then one gpt_step per position over the caches, in a while loop."""
@@ -49,7 +49,8 @@ def stepped_logits(config, ids, prompt, weights):
     with tf.Graph().as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
-        ctx = Context(Dims.build(config.model, batch).for_length(length), config.model, train=False, seed=1)
+        ctx = Context(Dims.build(config.model, batch).for_length(length), config.model, train=False, seed=1,
+                      dtype=dtype)
         d = ctx.d
         tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
         if prefill:
@@ -75,6 +76,17 @@ def stepped_logits(config, ids, prompt, weights):
                                [start, logits] + [x for cache in caches for x in cache])
         lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
         return randomize_and_run(lowering, lowering.export_to_tf_tensor(final[1]), weights=weights)[1]
+
+
+def test_bfloat16_decoding_is_float32s_within_bfloat16_rounding():
+    """predict_precision bfloat16: weights, caches and activations in bfloat16 (attention logits in float32)."""
+    config = make(n_ctx=24, local_attention_radius=8, attention_types=[[["global", "local"], 1]])
+    ids = np.random.RandomState(3).randint(0, 64, size=(2, 24))
+    weights, expected = full_logits(config, ids)
+    logits = stepped_logits(config, ids, 6, weights, dtype=variable_dtype("bfloat16", training=False))
+    # bfloat16 keeps 8 bits of mantissa: 2^-8 of the logits' scale per rounding, a few roundings deep
+    np.testing.assert_allclose(logits, expected, atol=0.05 * np.abs(expected).max())
+    assert not np.allclose(logits, expected, atol=1e-5)  # it did compute in bfloat16
 
 
 @pytest.mark.parametrize("n_ctx,radius,kinds,length,prompt", [

@@ -83,6 +83,7 @@ class Op:
     work: Tuple = ()                 # einsum: all dimensions of the computation
     runs: int = 1                    # per step (trainer.step.Node)
     sums: Tuple = ()                 # loop: (body output, loop output) tensor ids
+    allreduces: int = 1              # reduce: how many all-reduces of the output's size it issues
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class StepOperations:
                     pending[op.output] = (axes, laid_out(op.result if op.kind == "einsum" else self.dims[op.output]))
                     # A max is all-reduced at once, and so is an einsum broadcast to new dimensions.
                     if op.kind == "reduce" or (op.kind == "einsum" and op.result != self.dims[op.output]):
-                        settle(op.output, op.runs)
+                        settle(op.output, op.runs * op.allreduces)
             elif op.kind == "add" and _sum_later(op, pending, self.dims):
                 # Partial sums are added first and all-reduced once, counted as the first operand.
                 pending[op.output] = pending[op.inputs[0]]
@@ -242,6 +243,9 @@ def _op(op, inputs, output, conflicts):
         return Op("reduce", inputs, output, (op.inputs[0].shape.dims[0].name,))
     if isinstance(op, layers._ScatterAdd):
         return Op("sum", inputs, output, tuple(d.name for d in op.inputs[1].shape.dims))
+    # The loss's normalizer and target logit all-reduce three tensors of its output's shape over a split vocab.
+    if isinstance(op, layers._LogZAndTarget):
+        return Op("reduce", inputs, output, (op.inputs[0].shape.dims[-1].name,), allreduces=layers._LogZAndTarget.ALLREDUCES)
     if isinstance(op, mtf.ops.BinaryOpWithBroadcasting) and op._tf_fn == tf.add:
         return Op("add", inputs, output)
     return Op("other", inputs, output)

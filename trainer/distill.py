@@ -60,7 +60,7 @@ def teacher_logits(ids, config, checkpoint=None):
     `symbolic` does: nothing is initialised there)."""
     t = config.distill.teacher
     d = Dims.build(t, ids.shape.dims[0].size, teacher=True)
-    ctx = Context(d, t, train=False, seed=config.data.seed, dtype=variable_dtype(t.precision))
+    ctx = Context(d, t, train=False, seed=config.data.seed, dtype=variable_dtype(t.precision, training=False))
     with tf.variable_scope(SCOPE, custom_getter=_FrozenFrom(checkpoint)):
         logits = gpt(ids, ctx)
     graph = ids.graph

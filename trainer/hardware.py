@@ -83,6 +83,16 @@ def select_hardware(mesh_config, tpu=None, gpu_ids=None, visible_gpus=None, peak
     return Hardware("cpu", tuple("/cpu:%d" % i for i in range(size)), peak_tflops=peak_tflops)
 
 
+class _OnDevice:
+    """A mesh-tf variable placer that puts every master variable on one device."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def device_function(self, op):
+        return self.device
+
+
 class _StatelessRandom:
     """Mesh random ops (dropout, MoE's "random" second-expert policy) from TF's stateless generators.
 
@@ -139,6 +149,11 @@ def mesh_implementation(hardware, mesh_config, params, seed, step):
     shape = mtf.convert_to_shape(mesh_config.shape_string)
     layout = mtf.convert_to_layout_rules(mesh_config.layout_string)
     if not hardware.use_tpu:
+        if hardware.cluster is None and len(hardware.devices) == 1:
+            # The checkpointed (master) variables on the mesh's one device: mesh-tf then uses them as the
+            # slices instead of keeping a second copy of the model and its optimizer state there.
+            device = tf.DeviceSpec.from_string(hardware.devices[0]).to_string()
+            return PlacementMeshImpl(shape, layout, [device], seed=seed, step=step), _OnDevice(device)
         impl = PlacementMeshImpl(shape, layout, list(hardware.devices), seed=seed, step=step)
         if hardware.cluster is None:
             return impl, None

@@ -25,11 +25,12 @@ dimension, every other one is whole on every device. So they follow the model, t
   is kept: without recompute_grad every block's intermediates it needs (LayerNorm terms, q/k/v,
   attention logits and weights, the MLP's hidden layer before and after GELU, ...); with
   recompute_grad only each block's input [batch, sequence, embd], plus one block's intermediates
-  while that block is recomputed. The logits [batch, sequence, vocab] are float32, as are their
-  gradient and the loss's terms of the same shape. Computing in bfloat16 adds a bfloat16 copy of
-  every weight, kept until its gradient. With microbatches the loop's body runs one microbatch at a
-  time: its tensors are a microbatch's, and each microbatch's gradients are added to the sums as
-  they come; the whole batch's ids and targets stay alive through the loop.
+  while that block is recomputed. The logits [batch, sequence, vocab] and their gradient are in the
+  activations' dtype; the loss and its gradient each hold one float32 tensor of that shape while
+  they run. Computing in bfloat16 adds a bfloat16 copy of every weight, kept until its gradient.
+  With microbatches the loop's body runs one microbatch at a time: its tensors are a microbatch's,
+  and each microbatch's gradients are added to the sums as they come; the whole batch's ids and
+  targets stay alive through the loop.
 - Not counted: fusion (XLA on TPU fuses chains of elementwise ops and does not store their
   intermediates, so there the activations are an upper bound), the optimizer's per-variable
   temporaries, communication buffers, the compiled program and runtime reservations; a step "fits"
@@ -93,13 +94,19 @@ def lifetimes(step):
     skip.update(v.outputs[0] for v in step.variables + step.slots + step.teacher
                 if v.activation_dtype == v.slice_dtype)
     shape_index, rows = {}, []
+
+    def add(shape, dtype, birth, death, name):
+        key = tuple(shape.dims)
+        shape_index.setdefault(key, len(shape_index))
+        rows.append((shape_index[key], dtype.size, birth, death, name))
+
     for i, node in enumerate(walk):
         for t in node.op.outputs:
-            if t in skip:
-                continue
-            key = tuple(t.shape.dims)
-            shape_index.setdefault(key, len(shape_index))
-            rows.append((shape_index[key], t.dtype.size, i, last_read.get(t, i), t.name))
+            if t not in skip:
+                add(t.shape, t.dtype, i, last_read.get(t, i), t.name)
+        # An op's own buffers while it runs (models/layers.py's fused cross-entropy declares them).
+        for k, (shape, dtype) in enumerate(getattr(node.op, "scratch", ())):
+            add(shape, dtype, i, i, "%s/scratch_%d" % (node.op.name, k))
     shape_of, itemsize, birth, death, tensor_names = zip(*rows)
     forward_end = next(i for i, node in enumerate(walk) if step.model_loss in node.op.outputs) + 1
     return Lifetimes(

@@ -1,4 +1,6 @@
 """The TPUEstimator model_fn: build the Mesh-TF graph, lower it, and return train/eval specs."""
+import dataclasses
+
 from tensorflow_estimator.python.estimator.mode_keys import ModeKeys
 from tensorflow_estimator.python.estimator.tpu.tpu_estimator import TPUEstimatorSpec
 
@@ -19,8 +21,8 @@ MODES = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval", ModeKeys.PREDICT: "pred
 
 def build_model_fn(config, hardware, steps_per_checkpoint):
     progress = hooks.Progress(config, hooks.Throughput(config, hardware))
-    # Training and evaluation compute in the config's precision; sampling and export in float32 (a
-    # bfloat16 checkpoint's weights are cast at restore).
+    # Training and evaluation compute in the config's precision, sampling in predict_precision and
+    # --export's logits model in float32 (a checkpoint's weights are cast at restore).
     dtype = variable_dtype(config.model.precision)
 
     def model_fn(features, labels, mode, params):
@@ -60,9 +62,11 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
             if config.train.skip_loss_spike_factor else None
         applies = spikes.applies(loss) if spikes else None
         variables = mesh.graph.trainable_variables
-        updates, lr, grad_norm = minimize(grads, variables, config.train, step, applies)
+        # TPU: mtf's elementwise Adam, which XLA fuses, and stacked variables; elsewhere Adam's fused kernel.
+        fused = not hardware.use_tpu
+        updates, lr, grad_norm = minimize(grads, variables, config.train, step, applies, fused)
         norms = _grad_norm_summaries(grads, variables, grad_norm) if config.train.log_grads else {}
-        lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
+        lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=not fused)
         tf_loss = tf.cast(lowering.export_to_tf_tensor(loss), tf.float32)
         step_ops = [lowering.lowered_operation(op) for op in updates]
         if spikes:
@@ -119,6 +123,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
                                     scaffold_fn=_restore_and_fill_slices(lowering),
                                     predictions={"logits": lowering.export_to_tf_tensor(logits)})
         lengths = mtf.import_fully_replicated(mesh, features["lengths"], mtf.Shape([d.batch]), name="lengths")
+        ctx = dataclasses.replace(ctx, dtype=variable_dtype(config.predict.predict_precision, training=False))
         samples = mtf.anonymize(generate(ids, lengths, ctx, config.predict, config.data.eos_id, min_prompt_length))
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],

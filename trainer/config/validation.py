@@ -93,6 +93,9 @@ def _check_sampling(p):
                           "0; top_k and top_p do not apply to it: set them to 0 and 1")
     if p.predict_max_steps is not None and p.predict_max_steps < 1:
         raise ConfigError("`predict_max_steps` must be at least 1 (or null for up to n_ctx)")
+    if p.predict_precision not in PRECISIONS:
+        raise ConfigError("`predict_precision` must be one of %s, got %s" % (
+            ", ".join(map(json.dumps, PRECISIONS)), json.dumps(p.predict_precision)))
 
 
 def _check_datasets(data):
