@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tensors of 1 MiB and more get pages of their own, returned when freed (glibc's M_MMAP_THRESHOLD,
 # as MALLOC_MMAP_THRESHOLD_=1048576 would set it; a value given there wins). By default glibc raises that
 # threshold to the size of each such block freed, up to 32 MiB, and then serves them from its heap,
-# where a training step's tensors of every size fragment it: with this, a 125M model's training
-# step on CPU peaked 0.1-0.2 GB lower and ran at least as fast (bench/train.py).
+# where a training step's tensors of every size fragment it: with this, training a 125M model on
+# CPU peaked about 0.1 GB lower and ran no slower (bench/README.md).
 M_MMAP_THRESHOLD = -3
 if "MALLOC_MMAP_THRESHOLD_" not in os.environ and ctypes.util.find_library("c"):
     _libc = ctypes.CDLL(ctypes.util.find_library("c"))
