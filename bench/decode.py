@@ -245,6 +245,9 @@ def main(argv=None):
 
     impls = [i for i in ("hf", "kv", "recompute") if i in args.only.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
+    unknown = set(args.dtypes.split(",")) - {"float32", "bfloat16"}
+    if unknown:
+        parser.error("--dtypes takes float32 and/or bfloat16, got %s" % ", ".join(sorted(unknown)))
     dtypes = [dtype for dtype in ("float32", "bfloat16") if dtype in args.dtypes.split(",")]
     print(machine("bench/decode.py"), flush=True)
     print(instruction_sets(), flush=True)

@@ -363,6 +363,9 @@ def main(argv=None):
         emit_result(WORKERS[args.worker](args))
         return
     args.only = [impl for impl in ("ours", "hf") if impl in args.only.split(",")]
+    unknown = set(args.dtypes.split(",")) - set(DTYPES)
+    if unknown:
+        parser.error("--dtypes takes float32 and/or bfloat16, got %s" % ", ".join(sorted(unknown)))
     args.dtypes = [dtype for dtype in DTYPES if dtype in args.dtypes.split(",")]
 
     print(machine("bench/train.py") + " each side", flush=True)
