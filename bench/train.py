@@ -8,7 +8,7 @@ measurement), all with 2 threads: TF's session pools through TF_NUM_INTRAOP_THRE
 TF_NUM_INTEROP_THREADS (the estimator's session sets none itself) or ConfigProto(2, 2) where we
 build the session, torch.set_num_threads(2), OMP_NUM_THREADS=2.
 
-1. peak: matmul GFLOP/s of this CPU in TF and in torch, float32 and bfloat16, for the model's dominant
+1. peak: matmul GFLOP/s of this CPU in TF and in torch, in each of --dtypes, for the model's dominant
    GEMMs at T = n_ctx·batch tokens ([T,768]x[768,768] q/k/v/o, [T,768]x[768,3072] c_fc,
    [T,768]x[768,50257] logits) and for 1024³; best of --matmul_reps after one warm-up run. The
    larger of TF's and torch's 1024³ float32 figures is "the CPU's peak" every MFU is measured against.
@@ -109,7 +109,7 @@ def worker_peak_tf(args):
     session_config = tf.ConfigProto(intra_op_parallelism_threads=THREADS, inter_op_parallelism_threads=THREADS)
     with tf.Graph().as_default(), tf.Session(config=session_config) as session:
         for m, k, n in gemm_shapes(args.shapes):
-            for dtype in DTYPES:
+            for dtype in args.dtypes:
                 a = tf.Variable(tf.cast(tf.random.normal([m, k]), dtype))
                 b = tf.Variable(tf.cast(tf.random.normal([k, n]), dtype))
                 product = tf.matmul(a, b).op  # run as a target: no copy of the result out of the session
@@ -125,7 +125,7 @@ def worker_peak_torch(args):
     torch.set_num_threads(THREADS)
     rates = {}
     for m, k, n in gemm_shapes(args.shapes):
-        for dtype in DTYPES:
+        for dtype in args.dtypes:
             a, b = (torch.randn(shape).to(getattr(torch, dtype)) for shape in ((m, k), (k, n)))
             out = torch.empty(m, n, dtype=a.dtype)
             rates[gemm_key(m, k, n, dtype)] = best_rate(lambda: torch.mm(a, b, out=out), 2 * m * k * n,
@@ -271,7 +271,8 @@ NAMES = {"ours": "ours (main.py)", "hf": "HF GPTNeoForCausalLM"}
 def run(args, worker, n_ctx=None, batch=None, dtype=None, peak_tflops=None):
     command = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--shapes",
                ",".join("%dx%d" % s for s in args.shapes), "--n_layer", str(args.n_layer), "--warmup",
-               str(args.warmup), "--steps", str(args.steps), "--matmul_reps", str(args.matmul_reps)]
+               str(args.warmup), "--steps", str(args.steps), "--matmul_reps", str(args.matmul_reps),
+               "--dtypes", ",".join(args.dtypes)]
     if n_ctx:
         command += ["--n_ctx", str(n_ctx), "--batch", str(batch), "--dtype", dtype]
     if peak_tflops:
@@ -294,12 +295,12 @@ def model_flops_per_token(args, n_ctx):
 
 def print_tables(args, peaks, results):
     print("\nMatmul GFLOP/s (best of %d), %d threads:\n" % (args.matmul_reps, THREADS))
-    print("| GEMM [M,K]x[K,N] | TF float32 | TF bfloat16 | torch float32 | torch bfloat16 |")
-    print("|---|---|---|---|---|")
+    columns = [(side, dtype) for side in ("TF", "torch") for dtype in args.dtypes]
+    print("| GEMM [M,K]x[K,N] | %s |" % " | ".join("%s %s" % column for column in columns))
+    print("|---|%s" % ("---|" * len(columns)))
     for m, k, n in gemm_shapes(args.shapes):
         print("| [%d,%d]x[%d,%d] | %s |" % (m, k, k, n, " | ".join(
-            "%.1f" % (peaks[side]["flops"][gemm_key(m, k, n, dtype)] / 1e9)
-            for side in ("tf", "torch") for dtype in DTYPES)))
+            "%.1f" % (peaks[side.lower()]["flops"][gemm_key(m, k, n, dtype)] / 1e9) for side, dtype in columns)))
     print("\nTraining, %d layers, %d timed steps after %d warm-up; MFU against the larger 1024^3 figure of TF and"
           " torch in the run's dtype (%s):\n" % (args.n_layer, args.steps, args.warmup, ", ".join(
               "%s %.1f GFLOP/s" % (dtype, cpu_peak(peaks, dtype) / 1e9) for dtype in args.dtypes)))
@@ -359,14 +360,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.n_layer < 2 or args.n_layer % 2:
         parser.error("--n_layer must be even (global/local pairs)")
-    if args.worker:
-        emit_result(WORKERS[args.worker](args))
-        return
-    args.only = [impl for impl in ("ours", "hf") if impl in args.only.split(",")]
     unknown = set(args.dtypes.split(",")) - set(DTYPES)
     if unknown:
         parser.error("--dtypes takes float32 and/or bfloat16, got %s" % ", ".join(sorted(unknown)))
     args.dtypes = [dtype for dtype in DTYPES if dtype in args.dtypes.split(",")]
+    if args.worker:
+        emit_result(WORKERS[args.worker](args))
+        return
+    args.only = [impl for impl in ("ours", "hf") if impl in args.only.split(",")]
 
     print(machine("bench/train.py") + " each side", flush=True)
     print(instruction_sets(), flush=True)

@@ -8,6 +8,7 @@ the original's order: `param(init)` is a new scalar, `positive(shift)` is softpl
 Where the original's formula overflows or is undefined, the same function is written in a stable
 form (noted at each).
 """
+import math
 import random
 
 from ..meshtf import mtf, tf
@@ -42,6 +43,45 @@ def _selu(x):
         below = op.outputs[0] + SELU_SCALE * SELU_ALPHA
         return [dy * mtf.where(mtf.greater(op.inputs[0], 0.0), SELU_SCALE * mtf.ones_like(dy), below)]
     return mtf.cwise(tf.nn.selu, [x], grad_function=grad)
+
+
+# tanh GELU: 0.5·x·(1 + tanh(c·(x + a·x³))), HuggingFace's "gelu_new".
+_GELU_C, _GELU_A = math.sqrt(2 / math.pi), 0.044715
+
+
+def _gelu(x):
+    """The tanh GELU as one op each way. Built from mtf's elementwise ops (mtf.gelu), its gradient kept
+    eight [.., intermediate] tensors per layer, the most memory of any activation in a GPT; this keeps
+    only x, and its gradient recomputes from x. Both compute in float32 and round once to x's dtype."""
+    def grad(op, dy):
+        return [_with_scratch(mtf.cwise(_gelu_grad_slice, [op.inputs[0], dy], name="gelu_grad"), 1)]
+    return _with_scratch(mtf.cwise(_gelu_slice, [x], grad_function=grad, name="gelu"), int(x.dtype != tf.float32))
+
+
+def _with_scratch(y, buffers):
+    """y, its op declaring the float32 intermediates of y's shape alive while it runs besides its output
+    (trainer/memory.py counts them; TF writes a float32 chain's last steps into the output's buffer)."""
+    y.operation.scratch = ((y.shape, tf.float32),) * buffers
+    return y
+
+
+def _tanh_term(x):
+    return tf.tanh(_GELU_C * (x + _GELU_A * x * x * x))
+
+
+def _gelu_slice(x):
+    x32 = tf.cast(x, tf.float32)
+    return tf.cast(x32 * (0.5 * (1.0 + _tanh_term(x32))), x.dtype)
+
+
+def _gelu_grad_slice(x, dy):
+    """dy · d gelu/dx = dy · (0.5·(1 + t) + 0.5·x·(1 − t²)·c·(1 + 3a·x²)), t = tanh(c·(x + a·x³))."""
+    # Not before dy: TF would run every layer's slope as soon as the forward pass made its x, and keep them all.
+    with tf.control_dependencies([dy]):
+        x32 = tf.cast(tf.identity(x), tf.float32)
+    t = _tanh_term(x32)
+    slope = 0.5 * (1.0 + t) + 0.5 * x32 * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * x32 * x32)
+    return tf.cast(tf.cast(dy, tf.float32) * slope, dy.dtype)
 
 
 def _arcsinh(x):
@@ -102,7 +142,7 @@ def _psoftplus(x, param):
 
 # name -> f(x, param, positive, rrelu_slope)
 ACTIVATIONS = {
-    "gelu": lambda x, *_: mtf.gelu(x),  # the tanh approximation (HuggingFace's "gelu_new")
+    "gelu": lambda x, *_: _gelu(x),
     "relu": lambda x, *_: mtf.relu(x),
     "sigmoid": lambda x, *_: mtf.sigmoid(x),
     "tanh": lambda x, *_: mtf.tanh(x),

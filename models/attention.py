@@ -13,7 +13,7 @@ Variable scopes and names are checkpoint API (see the original's variable table)
 """
 from ..meshtf import mtf, tf
 from . import dims as names
-from .layers import dropout, normal_initializer
+from .layers import dropout, normal_initializer, softmax
 from .positions import rotary_angles, rotate
 
 GLOBAL_MASK_VALUE = -1e10
@@ -165,7 +165,7 @@ def _full_attention(q, k, v, mask, ctx, attn_dropout=0.0, memory=None):
     q = mtf.to_float(q)
     logits = mtf.einsum([q, mtf.to_float(k)], output_shape=[d.batch, d.heads, d.sequence, d.memory_length]) + mask
     if memory is None:
-        weights = dropout(mtf.softmax(logits, d.memory_length), attn_dropout, ctx.train)
+        weights = dropout(softmax(logits, d.memory_length), attn_dropout, ctx.train)
         return mtf.einsum([mtf.cast(weights, v.dtype), v],
                           output_shape=[d.batch, d.sequence, d.heads, d.features_per_head])
     memory_k, memory_v = memory
@@ -193,7 +193,7 @@ def _local_attention(q, k, v, ctx):
     m_both = k.shape.get_dim_by_name(names.MEMORY_BLOCK_LENGTH)
     logits = mtf.einsum([mtf.to_float(q), mtf.to_float(k)],
                         output_shape=[d.batch, d.heads, blocks, q_block, m_both]) + masks["local"]
-    weights = mtf.softmax(logits, m_both)
+    weights = softmax(logits, m_both)
     out = mtf.einsum([mtf.cast(weights, v.dtype), v],
                      output_shape=[d.batch, blocks, q_block, d.heads, d.features_per_head])
     return mtf.replace_dimensions(out, [blocks, q_block], d.sequence)
@@ -213,7 +213,7 @@ def _causal_linear_attention(q, k, v, d, causal):
     original's running [sequence, features_per_head, features_per_head] sums (decoding keeps those
     sums: see `decode_state`). No dropout, as the original.
     """
-    q = mtf.softmax(mtf.to_float(q), d.features_per_head)
+    q = softmax(mtf.to_float(q), d.features_per_head)
     k = mtf.exp(mtf.to_float(mtf.rename_dimension(k, names.SEQUENCE, names.MEMORY_LENGTH)))
     weights = mtf.einsum([q, k], output_shape=[d.batch, d.heads, d.sequence, d.memory_length]) * causal
     normaliser = mtf.reduce_sum(weights, reduced_dim=d.memory_length) + LINEAR_EPSILON * mtf.reduce_sum(
@@ -225,8 +225,8 @@ def _causal_linear_attention(q, k, v, d, causal):
 
 def _linear_attention(q, k, v, d):
     """Not causal: out = q·Σ_s kᵀv_s with q softmaxed over its features and k over the sequence."""
-    q = _key_features(mtf.softmax(mtf.to_float(q), d.features_per_head), d)
-    k = _key_features(mtf.softmax(mtf.to_float(k), d.sequence), d)
+    q = _key_features(softmax(mtf.to_float(q), d.features_per_head), d)
+    k = _key_features(softmax(mtf.to_float(k), d.sequence), d)
     state = mtf.einsum([k, mtf.to_float(v)], output_shape=[d.batch, d.heads, _key_features_dim(d), d.features_per_head])
     return mtf.cast(mtf.einsum([q, state], output_shape=[d.batch, d.sequence, d.heads, d.features_per_head]), v.dtype)
 
@@ -341,7 +341,7 @@ def _softmax_step(q, kind, cache, position, ctx):
     output_dims = [d.batch, d.heads, d.features_per_head]
     memory = _memory_key_values(q.mesh, ctx) if kind == "global" else None
     if memory is None:
-        weights = mtf.softmax(logits, slots)
+        weights = softmax(logits, slots)
         return _per_slice("bhm,bhmf->bhf", mtf.cast(weights, v_cache.dtype), v_cache, output_dims, d)
     memory_k, memory_v = memory
     memory_slots = memory_k.shape.dims[0]
@@ -358,7 +358,7 @@ def _linear_step(q, k, v, state, d):
     phi_k = _key_features(mtf.exp(mtf.to_float(k)), d)
     kv_sum += mtf.einsum([phi_k, mtf.to_float(v)], output_shape=kv_sum.shape)
     k_sum += phi_k
-    q = _key_features(mtf.softmax(mtf.to_float(q), d.features_per_head), d)
+    q = _key_features(softmax(mtf.to_float(q), d.features_per_head), d)
     numerator = mtf.einsum([q, kv_sum], output_shape=[d.batch, d.heads, d.features_per_head])
     normaliser = mtf.einsum([q, k_sum + LINEAR_EPSILON], output_shape=[d.batch, d.heads])
     return mtf.cast(numerator / normaliser, v.dtype), (kv_sum, k_sum)

@@ -25,10 +25,79 @@ def normal_initializer(stddev, name, seed, truncated=False):
 
 
 def normalized(x, dim):
-    """(x - mean) / sqrt(biased variance + 1e-5) over `dim`."""
-    x -= mtf.reduce_mean(x, reduced_dim=dim)
-    variance = mtf.reduce_mean(mtf.square(x), reduced_dim=dim)
-    return x * mtf.rsqrt(variance + LAYER_NORM_EPSILON)
+    """(x - mean) / sqrt(biased variance + 1e-5) over `dim`, computed in float32 and rounded once to x's dtype.
+
+    One op each way, that keeps its output and the [..] reciprocal deviations for the gradient (mtf's
+    elementwise ops would keep x - mean as well, and run eight ops to this one). A `dim` split over the
+    mesh is all-reduced: the sums for the mean and the variance forward, two sums back."""
+    return _Normalized(x, dim).outputs[0]
+
+
+class _Normalized(mtf.Operation):
+    ALLREDUCES = 2  # over a split dim, each of x's shape without dim: the sums of x, of (x - mean)²
+
+    def __init__(self, x, dim):
+        super().__init__([x], name="normalized")
+        self._dim = dim
+        reduced = x.shape - [dim]
+        # y, and 1 / sqrt(variance + eps) in float32 (x's shape without dim), which the gradient reads.
+        self._outputs = [mtf.Tensor(self, x.shape, x.dtype), mtf.Tensor(self, reduced, tf.float32)]
+        # x - mean in float32 (in float32 TF turns it into the output in place)
+        self.scratch = () if x.dtype == tf.float32 else ((x.shape, tf.float32),)
+
+    def gradient(self, grad_ys):
+        return [_NormalizedGrad(self.outputs[0], self.outputs[1], grad_ys[0], self._dim).outputs[0]]
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        x = lowering.tensors[self.inputs[0]]
+        axis = self.inputs[0].shape.dims.index(self._dim)
+        mesh_axis = mesh_impl.tensor_dimension_to_mesh_axis(self._dim)
+        n = float(self._dim.size)
+        mean = _mean_over(mesh_impl, x, axis, mesh_axis, n)
+        centred = mesh_impl.slicewise(lambda x, m: tf.cast(x, tf.float32) - m, x, mean)
+        variance = _mean_over(mesh_impl, mesh_impl.slicewise(tf.square, centred), axis, mesh_axis, n)
+        rstd = mesh_impl.slicewise(lambda v: tf.math.rsqrt(v + LAYER_NORM_EPSILON), variance)
+        dtype = self.outputs[0].dtype
+        lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(lambda c, r: tf.cast(c * r, dtype),
+                                                                          centred, rstd))
+        lowering.set_tensor_lowering(self.outputs[1], mesh_impl.slicewise(lambda r: tf.squeeze(r, [axis]), rstd))
+
+
+def _mean_over(mesh_impl, x, axis, mesh_axis, n):
+    """The float32 mean over tensor axis `axis` of laid-out x (size n in all, split over mesh_axis or None) [.., 1, ..]."""
+    total = mesh_impl.slicewise(lambda t: tf.reduce_sum(tf.cast(t, tf.float32), axis, keepdims=True), x)
+    if mesh_axis is not None:
+        total = mesh_impl.allreduce(total, [mesh_axis], "SUM")
+    return mesh_impl.slicewise(lambda t: t / n, total)
+
+
+class _NormalizedGrad(mtf.Operation):
+    """dx = rstd · (dy − mean(dy) − y · mean(dy·y)) from the output y, rstd and dy, in float32."""
+    ALLREDUCES = 2  # over a split dim: Σ dy, Σ dy·y
+
+    def __init__(self, y, rstd, dy, dim):
+        super().__init__([y, rstd, dy], name="normalized_grad")
+        self._dim = dim
+        self._outputs = [mtf.Tensor(self, y.shape, y.dtype)]
+        # dy·y; and y and dy in float32 when they are not
+        self.scratch = ((y.shape, tf.float32),) * (1 if y.dtype == tf.float32 else 3)
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        y, rstd, dy = (lowering.tensors[t] for t in self.inputs)
+        axis = self.inputs[0].shape.dims.index(self._dim)
+        mesh_axis = mesh_impl.tensor_dimension_to_mesh_axis(self._dim)
+        n = float(self._dim.size)
+        y32, dy32 = (mesh_impl.slicewise(lambda t: tf.cast(t, tf.float32), t) for t in (y, dy))
+        mean_dy = _mean_over(mesh_impl, dy32, axis, mesh_axis, n)
+        mean_dy_y = _mean_over(mesh_impl, mesh_impl.slicewise(tf.multiply, dy32, y32), axis, mesh_axis, n)
+        dtype = self.outputs[0].dtype
+
+        def dx(y, rstd, dy, mean_dy, mean_dy_y):
+            return tf.cast(tf.expand_dims(rstd, axis) * (dy - mean_dy - y * mean_dy_y), dtype)
+
+        lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(dx, y32, rstd, dy32, mean_dy, mean_dy_y))
 
 
 def layer_norm(x, dim, name, dtype):
@@ -247,6 +316,67 @@ class _LogZAndTargetGrad(mtf.Operation):
 
         inputs = [lowering.tensors[x] for x in self.inputs]
         lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(grad, *inputs, offset))
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax
+
+
+def softmax(x, dim):
+    """exp(x) / Σ_dim exp(x), as one op each way that keeps only its output for the gradient
+    (mtf.softmax, built from elementwise ops, keeps three more tensors of x's shape: for attention
+    weights [batch, heads, sequence, memory_length] in every layer, that is most of a step's memory
+    at long contexts). A `dim` split over the mesh is all-reduced: the maxima and the sums."""
+    return _Softmax(x, dim).outputs[0]
+
+
+class _Softmax(mtf.Operation):
+    ALLREDUCES = 2  # over a split dim, each of x's shape without dim: the maxima, the sums
+
+    def __init__(self, x, dim):
+        super().__init__([x], name="softmax")
+        self._dim = dim
+        self._outputs = [mtf.Tensor(self, x.shape, x.dtype)]
+
+    def gradient(self, grad_ys):
+        return [_SoftmaxGrad(self.outputs[0], grad_ys[0], self._dim).outputs[0]]
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        x = lowering.tensors[self.inputs[0]]
+        axis = self.inputs[0].shape.dims.index(self._dim)
+        mesh_axis = mesh_impl.tensor_dimension_to_mesh_axis(self._dim)
+        if mesh_axis is None:
+            y = mesh_impl.slicewise(lambda x: tf.nn.softmax(x, axis=axis), x)
+        else:
+            top = mesh_impl.allreduce(mesh_impl.slicewise(lambda x: tf.reduce_max(x, axis, keepdims=True), x),
+                                      [mesh_axis], "MAX")
+            e = mesh_impl.slicewise(lambda x, top: tf.exp(x - top), x, top)
+            total = mesh_impl.allreduce(mesh_impl.slicewise(lambda e: tf.reduce_sum(e, axis, keepdims=True), e),
+                                        [mesh_axis], "SUM")
+            y = mesh_impl.slicewise(tf.math.divide, e, total)
+        lowering.set_tensor_lowering(self.outputs[0], y)
+
+
+class _SoftmaxGrad(mtf.Operation):
+    """dx = y · (dy − Σ_dim dy·y) from the softmax y and its incoming gradient dy."""
+    ALLREDUCES = 1  # over a split dim: Σ dy·y
+
+    def __init__(self, y, dy, dim):
+        super().__init__([y, dy], name="softmax_grad")
+        self._dim = dim
+        self._outputs = [mtf.Tensor(self, y.shape, y.dtype)]
+        self.scratch = ((y.shape, y.dtype),)  # dy·y (trainer/memory.py counts it)
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        y, dy = (lowering.tensors[t] for t in self.inputs)
+        axis = self.inputs[0].shape.dims.index(self._dim)
+        dot = mesh_impl.slicewise(lambda y, dy: tf.reduce_sum(y * dy, axis, keepdims=True), y, dy)
+        mesh_axis = mesh_impl.tensor_dimension_to_mesh_axis(self._dim)
+        if mesh_axis is not None:
+            dot = mesh_impl.allreduce(dot, [mesh_axis], "SUM")
+        lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(lambda y, dy, dot: y * (dy - dot), y, dy, dot))
 
 
 # ---------------------------------------------------------------------------------------------

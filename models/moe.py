@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..meshtf import mtf, tf
 from . import dims as names
 from .activations import activation
-from .layers import dropout, normal_initializer
+from .layers import dropout, normal_initializer, softmax
 
 SECOND_POLICIES = ("all", "none", "threshold", "random")
 
@@ -109,8 +109,8 @@ def top_2_gating(x, experts, capacity, ctx):
     p, group = ctx.c.moe_params, x.shape.dims[1]
     with tf.variable_scope("top_2_gating"):
         kernel = _kernel(x.mesh, [x.shape.dims[-1], experts], x.shape.dims[-1].size, ctx)
-    gates = mtf.softmax(mtf.einsum([mtf.to_float(x), mtf.to_float(kernel)], reduced_dims=[x.shape.dims[-1]]),
-                        experts)
+    gates = softmax(mtf.einsum([mtf.to_float(x), mtf.to_float(kernel)], reduced_dims=[x.shape.dims[-1]]),
+                    experts)
 
     gate_1, index_1 = mtf.top_1(gates, experts)
     mask_1 = mtf.one_hot(index_1, experts, dtype=tf.float32)

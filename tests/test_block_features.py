@@ -16,10 +16,12 @@ from gpt_neo_mtf.convert.huggingface import ConversionError, export_hf, write_ch
 from gpt_neo_mtf.meshtf import mtf, tf
 from gpt_neo_mtf.models import dims as names
 from gpt_neo_mtf.models.activations import ACTIVATIONS, activation
+from gpt_neo_mtf.models.attention import GLOBAL_MASK_VALUE
 from gpt_neo_mtf.models.context import Context
 from gpt_neo_mtf.models.dims import Dims
 from gpt_neo_mtf.models.entmax import entmax_loss
 from gpt_neo_mtf.models.gpt import gpt, token_losses
+from gpt_neo_mtf.models.layers import normalized, softmax
 from gpt_neo_mtf.trainer.config import ConfigError
 
 # Model level: conftest.BASE (2 layers, n_embd 16, 4 heads, vocab 64), 16 positions, window 4.
@@ -128,12 +130,14 @@ def test_logits_and_loss_equal_numpy_reference(features):
     assert our_loss == pytest.approx(token_loss.mean() + sum(balance), rel=1e-5)
 
 
-@pytest.mark.parametrize("mesh_shape,layout,dtype", [
-    ("x:1", "", tf.float32),
-    ("x:1", "", tf.bfloat16),
-    ("x:2", "vocab:x", tf.float32),            # each device holds half the vocab
-    ("x:2,y:2", "batch:x,vocab:y", tf.float32),
-])
+def meshes_splitting(dim):
+    """(mesh_shape, layout, dtype) of a per-slice op's tests: one device in float32 and in bfloat16, `dim`
+    split over 2 devices (each holds half), and over 2 of 2 × 2 devices with the batch split over the others."""
+    return [("x:1", "", tf.float32), ("x:1", "", tf.bfloat16), ("x:2", "%s:x" % dim, tf.float32),
+            ("x:2,y:2", "batch:x,%s:y" % dim, tf.float32)]
+
+
+@pytest.mark.parametrize("mesh_shape,layout,dtype", meshes_splitting("vocab"))
 def test_token_losses_and_z_loss_and_their_gradient_equal_numpy(mesh_shape, layout, dtype):
     """ℓ = logZ − z_target + z_loss·logZ² per token; a label outside [0, n_vocab) keeps only the z-loss
     term; d mean(ℓ) / d logits = (softmax · (1 + 2 z_loss logZ) − one_hot) / tokens, in the logits' dtype."""
@@ -168,6 +172,61 @@ def test_token_losses_and_z_loss_and_their_gradient_equal_numpy(mesh_shape, layo
     one_hot = np.eye(65)[np.where(labels < 0, 64, labels)][..., :64]
     expected_grad = (softmax * (1 + 0.2 * log_z)[..., None] - one_hot) / labels.size
     tolerance = 1e-2 if dtype == tf.bfloat16 else 1e-5
+    np.testing.assert_allclose(grad, expected_grad, rtol=tolerance, atol=tolerance * np.abs(expected_grad).max())
+
+
+def value_and_gradient(op, x, r, dims, config, dtype):
+    """(op(x), d Σ op(x)·r / dx) as float32 arrays, x and r [dims] arrays, x cast to `dtype` on config's mesh;
+    and x as `dtype` holds it (float64)."""
+    with tf.Graph().as_default():
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        d = Dims.build(config.model, 2)
+        shape = [getattr(d, name) for name in dims]
+        inputs = mtf.cast(import_array(mesh, x, shape), dtype)
+        y = op(inputs, d)
+        grad = mtf.gradients([mtf.reduce_sum(mtf.cast(y, tf.float32) * import_array(mesh, r, shape))], [inputs])[0]
+        assert y.dtype == grad.dtype == dtype
+        y, grad = (mtf.cast(t, tf.float32) for t in (y, grad))
+        lowering = mtf.Lowering(graph, {mesh: placement(config, config.mesh.size)})
+        with tf.Session(config=tf.ConfigProto(device_count={"CPU": config.mesh.size})) as session:
+            y, grad, held = session.run([lowering.export_to_tf_tensor(y), lowering.export_to_tf_tensor(grad),
+                                         tf.cast(tf.cast(x, dtype), tf.float64)])
+    return y, grad, held
+
+
+@pytest.mark.parametrize("mesh_shape,layout,dtype", meshes_splitting("memory_length"))
+def test_softmax_and_its_gradient_equal_numpy(mesh_shape, layout, dtype):
+    """w = softmax(x) over memory_length, masked keys (-1e10) included; d Σ w·r / dx = w · (r − Σ w·r)."""
+    rng = np.random.RandomState(6)
+    x = rng.normal(0, 5, size=(2, 4, 16, 16)) + GLOBAL_MASK_VALUE * (1 - np.tri(16))  # query p sees keys up to p
+    r = rng.normal(size=x.shape)
+    config = make(**SMALL, mesh_shape=mesh_shape, layout=layout)
+    w, grad, x = value_and_gradient(lambda x, d: softmax(x, d.memory_length), x, r,
+                                    ["batch", "heads", "sequence", "memory_length"], config, dtype)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    expected = e / e.sum(-1, keepdims=True)
+    expected_grad = expected * (r - (expected * r).sum(-1, keepdims=True))
+    tolerance = 1e-2 if dtype == tf.bfloat16 else 1e-5
+    np.testing.assert_allclose(w, expected, rtol=tolerance, atol=tolerance * 1e-2)
+    np.testing.assert_allclose(grad, expected_grad, rtol=10 * tolerance, atol=tolerance * np.abs(expected_grad).max())
+
+
+@pytest.mark.parametrize("mesh_shape,layout,dtype", meshes_splitting("embd"))
+def test_normalized_and_its_gradient_equal_numpy(mesh_shape, layout, dtype):
+    """y = (x − mean) / sqrt(var + 1e-5) over embd; d Σ y·r / dx = (r − mean(r) − y·mean(r·y)) / sqrt(var + 1e-5)."""
+    rng = np.random.RandomState(7)
+    x = rng.normal(3, 2, size=(2, 16, 16))
+    x[0, 0] = 5.0  # no variance: only the epsilon keeps y finite
+    r = rng.normal(size=x.shape)
+    config = make(**SMALL, mesh_shape=mesh_shape, layout=layout)
+    y, grad, x = value_and_gradient(lambda x, d: normalized(x, d.embd), x, r, ["batch", "sequence", "embd"],
+                                    config, dtype)
+    rstd = 1 / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    expected = (x - x.mean(-1, keepdims=True)) * rstd
+    expected_grad = rstd * (r - r.mean(-1, keepdims=True) - expected * (r * expected).mean(-1, keepdims=True))
+    tolerance = 1e-2 if dtype == tf.bfloat16 else 1e-5
+    np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(grad, expected_grad, rtol=tolerance, atol=tolerance * np.abs(expected_grad).max())
 
 

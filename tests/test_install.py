@@ -3,6 +3,7 @@ answer --help without loading TensorFlow, and the flag names shared across tools
 import glob
 import json
 import os
+import platform
 import subprocess
 import sys
 import sysconfig
@@ -145,3 +146,18 @@ def test_the_wheel_installs_and_runs_beside_a_models_package(wheel, tmp_path, ma
     assert "step 2/2" in done.stdout
     model_path = json.load(open(config))["model_path"]
     assert os.path.exists(os.path.join(model_path, "model.ckpt-2.index"))
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the default is set on x86-64 only")
+@pytest.mark.parametrize("setting,enabled", [(None, True), ("0", False)])
+def test_onednn_kernels_are_on_unless_the_environment_turns_them_off(setting, enabled):
+    """TF 2.15 enables oneDNN itself only on CPUs with AVX-512 VNNI/BF16 or AMX; importing the package's TF
+    enables it on every x86-64 CPU, and TF_ENABLE_ONEDNN_OPTS=0 still wins."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = ("import gpt_neo_mtf.meshtf\nfrom tensorflow.python.util import _pywrap_util_port\n"
+            "print(_pywrap_util_port.IsMklEnabled())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == str(enabled)

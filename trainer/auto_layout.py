@@ -79,7 +79,8 @@ class Op:
     inputs: Tuple[int, ...]          # tensor ids
     output: Optional[int]            # tensor id
     reduced: Tuple[str, ...] = ()    # einsum, sum, reduce: dimensions summed away, in mesh-tf's order
-    result: Tuple = ()               # einsum: the output's dimensions found in the inputs
+    result: Tuple = ()               # einsum: the output's dimensions found in the inputs; reduce: the
+                                     # all-reduced tensors' dimensions, when not the output's
     work: Tuple = ()                 # einsum: all dimensions of the computation
     runs: int = 1                    # per step (trainer.step.Node)
     sums: Tuple = ()                 # loop: (body output, loop output) tensor ids
@@ -175,7 +176,8 @@ class StepOperations:
                 if op.kind == "einsum":
                     counters["einsum"] += laid_out(op.work) * op.runs
                 if axes:
-                    pending[op.output] = (axes, laid_out(op.result if op.kind == "einsum" else self.dims[op.output]))
+                    reduced = op.result if op.kind == "einsum" else op.result or self.dims[op.output]
+                    pending[op.output] = (axes, laid_out(reduced))
                     # A max is all-reduced at once, and so is an einsum broadcast to new dimensions.
                     if op.kind == "reduce" or (op.kind == "einsum" and op.result != self.dims[op.output]):
                         settle(op.output, op.runs * op.allreduces)
@@ -246,6 +248,11 @@ def _op(op, inputs, output, conflicts):
     # The loss's normalizer and target logit all-reduce three tensors of its output's shape over a split vocab.
     if isinstance(op, layers._LogZAndTarget):
         return Op("reduce", inputs, output, (op.inputs[0].shape.dims[-1].name,), allreduces=layers._LogZAndTarget.ALLREDUCES)
+    # Softmax and LayerNorm all-reduce ALLREDUCES tensors of their input's shape without `dim` where it is split.
+    if isinstance(op, (layers._Softmax, layers._SoftmaxGrad, layers._Normalized, layers._NormalizedGrad)):
+        dim = op._dim
+        kept = tuple(d for d in op.outputs[0].shape.dims if d != dim)
+        return Op("reduce", inputs, output, (dim.name,), result=kept, allreduces=type(op).ALLREDUCES)
     if isinstance(op, mtf.ops.BinaryOpWithBroadcasting) and op._tf_fn == tf.add:
         return Op("add", inputs, output)
     return Op("other", inputs, output)

@@ -22,8 +22,8 @@ dimension, every other one is whole on every device. So they follow the model, t
 - activations: the most memory the other tensors of the forward and backward pass hold at once on
   a device, running the step's ops one at a time in order (trainer.step.nodes): a tensor lives from
   the op that makes it to the last op that reads it. What the backward pass reads is therefore what
-  is kept: without recompute_grad every block's intermediates it needs (LayerNorm terms, q/k/v,
-  attention logits and weights, the MLP's hidden layer before and after GELU, ...); with
+  is kept: without recompute_grad every block's intermediates it needs (LayerNorm outputs, q/k/v,
+  attention weights, the MLP's hidden layer before and after GELU, ...); with
   recompute_grad only each block's input [batch, sequence, embd], plus one block's intermediates
   while that block is recomputed. The logits [batch, sequence, vocab] and their gradient are in the
   activations' dtype; the loss and its gradient each hold one float32 tensor of that shape while
@@ -104,7 +104,7 @@ def lifetimes(step):
         for t in node.op.outputs:
             if t not in skip:
                 add(t.shape, t.dtype, i, last_read.get(t, i), t.name)
-        # An op's own buffers while it runs (models/layers.py's fused cross-entropy declares them).
+        # An op's own buffers while it runs (models/layers.py's fused ops declare them).
         for k, (shape, dtype) in enumerate(getattr(node.op, "scratch", ())):
             add(shape, dtype, i, i, "%s/scratch_%d" % (node.op.name, k))
     shape_of, itemsize, birth, death, tensor_names = zip(*rows)
