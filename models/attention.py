@@ -377,8 +377,13 @@ def write_slot(cache, new, index, d):
 
 
 def _per_slice(equation, x, y, output_dims, d):
-    """A batched matmul per slice: tf.einsum(equation) with batch and heads split as laid out.
+    """A batched matmul per slice: tf.einsum(equation) with batch and heads split as laid out, in float32
+    and rounded once to x's dtype (TF's bfloat16 einsum is many times slower on CPUs without bfloat16
+    kernels; see trainer.hardware.cpu_multiplies_bfloat16).
 
     mtf.einsum would broadcast-multiply the whole cache and then reduce it."""
-    return mtf.slicewise(lambda a, b: tf.einsum(equation, a, b), [x, y], output_shape=mtf.Shape(output_dims),
-                         output_dtype=x.dtype, splittable_dims=[d.batch, d.heads])
+    def product(a, b):
+        return tf.cast(tf.einsum(equation, tf.cast(a, tf.float32), tf.cast(b, tf.float32)), a.dtype)
+
+    return mtf.slicewise(product, [x, y], output_shape=mtf.Shape(output_dims), output_dtype=x.dtype,
+                         splittable_dims=[d.batch, d.heads])

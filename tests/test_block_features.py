@@ -22,6 +22,7 @@ from gpt_neo_mtf.models.dims import Dims
 from gpt_neo_mtf.models.entmax import entmax_loss
 from gpt_neo_mtf.models.gpt import gpt, token_losses
 from gpt_neo_mtf.models.layers import normalized, softmax
+from gpt_neo_mtf.trainer import hardware
 from gpt_neo_mtf.trainer.config import ConfigError
 
 # Model level: conftest.BASE (2 layers, n_embd 16, 4 heads, vocab 64), 16 positions, window 4.
@@ -228,6 +229,53 @@ def test_normalized_and_its_gradient_equal_numpy(mesh_shape, layout, dtype):
     tolerance = 1e-2 if dtype == tf.bfloat16 else 1e-5
     np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(grad, expected_grad, rtol=tolerance, atol=tolerance * np.abs(expected_grad).max())
+
+
+def bfloat16_values(array):
+    """The float64 values `array` holds as bfloat16 (round to nearest even)."""
+    with tf.Graph().as_default(), tf.Session() as session:
+        return session.run(tf.cast(tf.cast(array, tf.bfloat16), tf.float64))
+
+
+@pytest.mark.parametrize("mesh_shape,layout", [("x:1", ""), ("x:2", "embd:x"), ("x:2", "intermediate_expanded:x"),
+                                               ("x:2", "batch:x")])
+def test_bfloat16_einsums_in_float32_round_once_as_a_bfloat16_gemm_does(mesh_shape, layout):
+    """hardware.PlacementMeshImpl(bfloat16_in_float32), for CPUs whose TF multiplies bfloat16 slowly:
+    y = x·w of bfloat16 x [batch, sequence, embd] and w [embd, intermediate] is the product of the values
+    they hold rounded once to bfloat16, and so are dx = dy·wᵀ and dw = xᵀ·dy; no matmul in the graph
+    takes bfloat16. Over a split dimension each device's partial sum is rounded before the all-reduce."""
+    config = make(**SMALL, mesh_shape=mesh_shape, layout=layout)
+    d = Dims.build(config.model, 2)
+    rng = np.random.RandomState(8)
+    x_dims, w_dims, y_dims = [d.batch, d.sequence, d.embd], [d.embd, d.intermediate], [d.batch, d.sequence,
+                                                                                      d.intermediate]
+    x, w, r = (rng.normal(size=[dim.size for dim in dims]) for dims in (x_dims, w_dims, y_dims))
+    with tf.Graph().as_default() as tf_graph:
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        inputs = [mtf.cast(import_array(mesh, a, dims), tf.bfloat16) for a, dims in ((x, x_dims), (w, w_dims))]
+        y = mtf.einsum(inputs, mtf.Shape(y_dims))
+        grads = mtf.gradients([mtf.reduce_sum(mtf.cast(y, tf.float32) * import_array(mesh, r, y_dims))], inputs)
+        outputs = [mtf.cast(t, tf.float32) for t in [y] + grads]
+        impl = hardware.PlacementMeshImpl(mtf.convert_to_shape(mesh_shape), mtf.convert_to_layout_rules(layout),
+                                          ["/cpu:%d" % i for i in range(config.mesh.size)], seed=1,
+                                          step=tf.constant(0), bfloat16_in_float32=True)
+        lowering = mtf.Lowering(graph, {mesh: impl})
+        with tf.Session(config=tf.ConfigProto(device_count={"CPU": config.mesh.size})) as session:
+            y, dx, dw = session.run([lowering.export_to_tf_tensor(t) for t in outputs])
+    matmul_types = {op.get_attr("T") for op in tf_graph.get_operations()
+                    if op.type in ("Einsum", "MatMul", "BatchMatMulV2")}
+    assert matmul_types == {tf.float32}
+    x, w, dy = bfloat16_values(x), bfloat16_values(w), bfloat16_values(r)
+    one_rounding = 2.0 ** -8  # half of bfloat16's spacing, relative
+    split = layout.partition(":")[0]
+    for got, exact, reduced in ((y, np.einsum("bse,ei->bsi", x, w), "embd"),
+                                (dx, np.einsum("bsi,ei->bse", dy, w), "intermediate_expanded"),
+                                (dw, np.einsum("bse,bsi->ei", x, dy), "batch")):
+        if split == reduced:  # the partial sums are rounded too
+            np.testing.assert_allclose(got, exact, rtol=0, atol=3 * one_rounding * np.abs(exact).max())
+        else:
+            np.testing.assert_allclose(got, exact, rtol=one_rounding, atol=0)
 
 
 def test_entmax_loss_is_finite_where_the_target_has_probability_zero_and_its_gradient_is_p_minus_target():

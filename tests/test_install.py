@@ -152,12 +152,17 @@ def test_the_wheel_installs_and_runs_beside_a_models_package(wheel, tmp_path, ma
 @pytest.mark.parametrize("setting,enabled", [(None, True), ("0", False)])
 def test_onednn_kernels_are_on_unless_the_environment_turns_them_off(setting, enabled):
     """TF 2.15 enables oneDNN itself only on CPUs with AVX-512 VNNI/BF16 or AMX; importing the package's TF
-    enables it on every x86-64 CPU, and TF_ENABLE_ONEDNN_OPTS=0 still wins."""
+    enables it on every x86-64 CPU, and TF_ENABLE_ONEDNN_OPTS=0 still wins. bfloat16 matmuls then run at
+    bfloat16 speed where oneDNN takes them (AVX512F or AVX-NE-CONVERT), never on Eigen's kernels."""
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = ("import gpt_neo_mtf.meshtf\nfrom tensorflow.python.util import _pywrap_util_port\n"
-            "print(_pywrap_util_port.IsMklEnabled())")
+    code = ("from gpt_neo_mtf.trainer.hardware import cpu_multiplies_bfloat16\n"
+            "from tensorflow.python.util import _pywrap_util_port\n"
+            "print(_pywrap_util_port.IsMklEnabled(), cpu_multiplies_bfloat16())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-1] == str(enabled)
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    onednn_bfloat16 = enabled and ("avx512f" in flags or "avx_ne_convert" in flags)
+    assert done.stdout.split()[-2:] == [str(enabled), str(onednn_bfloat16)]

@@ -154,9 +154,10 @@ def eval_loss(config_path):
 
 
 # bfloat16 computes with 8 bits of mantissa (the weights' float32 slices take the updates): over these
-# 30 steps (loss 10.86 -> 7.65) the losses were measured within 0.05 % of float32's on CPUs with AVX512_BF16,
-# and within 0.57 % on an AVX2-only CPU, where oneDNN emulates bfloat16 (the same before the fused ops).
-BF16_LOSS_RTOL = 1e-2
+# 30 steps (loss 10.86 -> 7.65) the losses were measured within 0.05 % of float32's on CPUs with AVX512_BF16
+# and within 0.04 % on an AVX2-only CPU, whose bfloat16 products trainer.hardware computes in float32
+# (0.57 % on TF's own bfloat16 kernels there).
+BF16_LOSS_RTOL = 5e-3
 
 
 def test_bfloat16_trains_close_to_float32_and_checkpoints_bfloat16_weights(make_config):

@@ -11,6 +11,7 @@ from gpt_neo_mtf.models.context import FLOAT32, Context
 from gpt_neo_mtf.models.dims import Dims
 from gpt_neo_mtf.models.gpt import gpt, gpt_step, gpt_with_cache, variable_dtype
 from gpt_neo_mtf.models.sampling import PredictConfig, generate, restrict
+from gpt_neo_mtf.trainer import hardware
 
 
 def full_logits(config, ids):
@@ -39,14 +40,15 @@ def decoded(config, ids, lengths, sampling, weights, devices=1, eos_id=-1, min_p
         return randomize_and_run(lowering, lowering.export_to_tf_tensor(out), weights=weights, devices=devices)[1]
 
 
-def stepped_logits(config, ids, prompt, weights, dtype=FLOAT32):
+def stepped_logits(config, ids, prompt, weights, dtype=FLOAT32, impl=None, graph=None):
     """The logits [batch, length, vocab] that cached decoding computes for ids [batch, length <= n_ctx],
     every token teacher-forced: positions before prompt - 1 from the parallel pass that prefills the
-    caches (as `generate` does), then one gpt_step per position over the caches, in a while loop."""
+    caches (as `generate` does), then one gpt_step per position over the caches, in a while loop; on
+    mesh-tf's one-device placement mesh or `impl`, in a new TF graph or `graph`."""
     kinds = config.model.attention_types
     batch, length = ids.shape
     prefill = prompt - 1
-    with tf.Graph().as_default():
+    with (graph or tf.Graph()).as_default():
         graph = mtf.Graph()
         mesh = mtf.Mesh(graph, "mesh")
         ctx = Context(Dims.build(config.model, batch).for_length(length), config.model, train=False, seed=1,
@@ -74,19 +76,46 @@ def stepped_logits(config, ids, prompt, weights, dtype=FLOAT32):
         start = mtf.constant(mesh, prefill, dtype=tf.int32)
         final = mtf.while_loop(lambda position, *_: mtf.less(position, length), step,
                                [start, logits] + [x for cache in caches for x in cache])
-        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+        lowering = mtf.Lowering(graph, {mesh: impl or placement(config, 1)})
         return randomize_and_run(lowering, lowering.export_to_tf_tensor(final[1]), weights=weights)[1]
 
 
-def test_bfloat16_decoding_is_float32s_within_bfloat16_rounding():
-    """predict_precision bfloat16: weights, caches and activations in bfloat16 (attention logits in float32)."""
+@pytest.mark.parametrize("in_float32", [False, True])
+def test_bfloat16_decoding_is_float32s_within_bfloat16_rounding(in_float32):
+    """predict_precision bfloat16: weights, caches and activations in bfloat16 (attention logits in float32),
+    multiplied by TF's bfloat16 kernels or, on CPUs where those are slow, in float32 (hardware.PlacementMeshImpl)."""
     config = make(n_ctx=24, local_attention_radius=8, attention_types=[[["global", "local"], 1]])
     ids = np.random.RandomState(3).randint(0, 64, size=(2, 24))
     weights, expected = full_logits(config, ids)
-    logits = stepped_logits(config, ids, 6, weights, dtype=variable_dtype("bfloat16", training=False))
+    impl = hardware.PlacementMeshImpl(mtf.convert_to_shape("x:1"), [], ["/cpu:0"], seed=1, step=tf.constant(0),
+                                      bfloat16_in_float32=in_float32)
+    logits = stepped_logits(config, ids, 6, weights, dtype=variable_dtype("bfloat16", training=False), impl=impl)
     # bfloat16 keeps 8 bits of mantissa: 2^-8 of the logits' scale per rounding, a few roundings deep
     np.testing.assert_allclose(logits, expected, atol=0.05 * np.abs(expected).max())
     assert not np.allclose(logits, expected, atol=1e-5)  # it did compute in bfloat16
+
+
+def test_bfloat16_decoding_in_float32_casts_each_weight_once_before_the_loop():
+    """Multiplying bfloat16 in float32 must not cast every weight at every token: a loop-invariant operand
+    enters the decoding loop already cast, by one cast per tensor, and nothing in the loop casts to float32."""
+    config = make(n_ctx=24, local_attention_radius=8, attention_types=[[["global", "local"], 1]])
+    ids = np.random.RandomState(3).randint(0, 64, size=(2, 24))
+    graph = tf.Graph()
+    with graph.as_default():
+        impl = hardware.PlacementMeshImpl(mtf.convert_to_shape("x:1"), [], ["/cpu:0"], seed=1,
+                                          step=tf.constant(0), bfloat16_in_float32=True)
+    stepped_logits(config, ids, 6, None, dtype=variable_dtype("bfloat16", training=False), impl=impl, graph=graph)
+    in_loop = [op for op in graph.get_operations() if op._get_control_flow_context() is not None]
+    matmuls = [op for op in in_loop if op.type in ("Einsum", "MatMul", "BatchMatMulV2")]
+    assert matmuls and {op.get_attr("T") for op in matmuls} == {tf.float32}
+    entering = [x.op for op in matmuls for x in op.inputs if x.op.type == "Enter"]
+    hoisted = {enter.inputs[0].op for enter in entering}
+    assert len(hoisted) >= 2 * 6 + 1  # q, k, v, o, c_fc, c_proj per layer and the output's wte
+    assert all(cast.type == "Cast" and cast.get_attr("SrcT") == tf.bfloat16 and cast.get_attr("DstT") == tf.float32
+               and cast._get_control_flow_context() is None for cast in hoisted)
+    assert len({cast.inputs[0].ref() for cast in hoisted}) == len(hoisted)
+    assert not [op for op in in_loop if op.type == "Cast" and op.get_attr("DstT") == tf.float32
+                and op.inputs[0].op.type == "Enter"]
 
 
 @pytest.mark.parametrize("n_ctx,radius,kinds,length,prompt", [

@@ -3,10 +3,12 @@
 Chosen once from the flags and the config's `mesh_shape`, before any graph is built, so a
 mesh that cannot fit the machine is reported as a one-line error.
 """
+import platform
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from absl import flags
+from tensorflow.python.util import _pywrap_util_port
 
 from ..meshtf import mtf, tf
 from .config import ConfigError
@@ -133,8 +135,45 @@ class _StatelessRandom:
         return self.slicewise(draw, *coordinates)
 
 
+def cpu_multiplies_bfloat16():
+    """Whether TF's CPU kernels multiply bfloat16 matrices at bfloat16 speed: oneDNN's do (natively with
+    AVX512_BF16 or AMX, emulated on other AVX-512) on the CPUs where TF 2.15 gives it bfloat16, x86 ones with
+    AVX512F or AVX-NE-CONVERT. Elsewhere TF's Einsum feeds bfloat16 to oneDNN's float32 GEMM in small
+    blocks: [1024,768]x[768,3072] ran at 3.6 GFLOP/s against 122 in float32 on an AVX2-only EPYC."""
+    if not _pywrap_util_port.IsMklEnabled():
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True  # not measured elsewhere: TF's own kernels
+    with open("/proc/cpuinfo") as f:
+        flags_line = next((line for line in f if line.startswith("flags")), "")
+    return bool(set(flags_line.partition(":")[2].split()) & {"avx512f", "avx_ne_convert"})
+
+
 class PlacementMeshImpl(_StatelessRandom, mtf.placement_mesh_impl.PlacementMeshImpl):
-    pass
+    """`bfloat16_in_float32`: einsums of bfloat16 slices multiply their float32 casts and round the result
+    once, as a bfloat16 GEMM accumulating in float32 does (bfloat16 products are exact in float32), for
+    CPUs where TF's bfloat16 matmuls are slow (`cpu_multiplies_bfloat16`). Activations, saved tensors and
+    weights stay bfloat16, but a decoding loop holds float32 copies of the weights while it runs."""
+
+    def __init__(self, *args, bfloat16_in_float32=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bfloat16_in_float32 = bfloat16_in_float32
+        self._hoisted = {}
+
+    def einsum(self, equation, *slices):
+        if not (self._bfloat16_in_float32 and slices[0].dtype == tf.bfloat16):
+            return super().einsum(equation, *slices)
+        return tf.cast(tf.einsum(equation, *map(self._float32, slices)), tf.bfloat16)
+
+    def _float32(self, x):
+        """x cast to float32; a tensor from before the while loop being built (a weight, in the decoding
+        loop) is cast there, once per run rather than once per token, and once for all its uses."""
+        if x.graph._get_control_flow_context() is None or x.op._get_control_flow_context() is not None:
+            return tf.cast(x, tf.float32)
+        if x.ref() not in self._hoisted:
+            with tf.control_dependencies(None):  # which also leaves the loop for the top level
+                self._hoisted[x.ref()] = tf.cast(x, tf.float32)
+        return self._hoisted[x.ref()]
 
 
 class SimdMeshImpl(_StatelessRandom, mtf.simd_mesh_impl.SimdMeshImpl):
@@ -149,12 +188,14 @@ def mesh_implementation(hardware, mesh_config, params, seed, step):
     shape = mtf.convert_to_shape(mesh_config.shape_string)
     layout = mtf.convert_to_layout_rules(mesh_config.layout_string)
     if not hardware.use_tpu:
+        options = dict(seed=seed, step=step,
+                       bfloat16_in_float32=hardware.kind == "cpu" and not cpu_multiplies_bfloat16())
         if hardware.cluster is None and len(hardware.devices) == 1:
             # The checkpointed (master) variables on the mesh's one device: mesh-tf then uses them as the
             # slices instead of keeping a second copy of the model and its optimizer state there.
             device = tf.DeviceSpec.from_string(hardware.devices[0]).to_string()
-            return PlacementMeshImpl(shape, layout, [device], seed=seed, step=step), _OnDevice(device)
-        impl = PlacementMeshImpl(shape, layout, list(hardware.devices), seed=seed, step=step)
+            return PlacementMeshImpl(shape, layout, [device], **options), _OnDevice(device)
+        impl = PlacementMeshImpl(shape, layout, list(hardware.devices), **options)
         if hardware.cluster is None:
             return impl, None
         # The checkpointed (master) variables are spread over the tasks' memory, so each task saves
