@@ -144,8 +144,11 @@ def cpu_multiplies_bfloat16():
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return True  # not measured elsewhere: TF's own kernels
-    with open("/proc/cpuinfo") as f:
-        flags_line = next((line for line in f if line.startswith("flags")), "")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags_line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:  # not Linux (macOS, Windows): TF's own kernels
+        return True
     return bool(set(flags_line.partition(":")[2].split()) & {"avx512f", "avx_ne_convert"})
 
 
