@@ -12,6 +12,7 @@ With `rotary_emb`, queries and keys of every kind are first turned by their posi
 Variable scopes and names are checkpoint API (see the original's variable table).
 """
 from ..meshtf import mtf, tf
+from tensorflow.python.ops import control_flow_util  # noqa: E402  (after meshtf, which sets TF up)
 from . import dims as names
 from .layers import dropout, normal_initializer, softmax
 from .positions import rotary_angles, rotate
@@ -249,8 +250,9 @@ def decode_state(kind, mesh, ctx, keys_values=None):
     keys and values [batch, sequence=n, heads, features_per_head] as `attention` returns them (no
     positions without them). ctx.d has the decode length as its sequence.
 
-    global, local: (keys, values) [batch, heads, memory, features_per_head], position p in slot p
-        (memory = memory_length). A local layer whose window is shorter than the decode length keeps a
+    global, local: (keys, values) [batch, heads, memory, features_per_head] in float32 whatever the
+        precision (bfloat16 values are exact in float32, and a step then casts no cache), position p in
+        slot p (memory = memory_length). A local layer whose window is shorter than the decode length keeps a
         ring buffer of its window instead (memory = local_memory_length, position p in slot p mod
         window), so a step costs attention over the window only.
     linear: (Σ φ(k_s)ᵀv_s [batch, heads, features_per_head_in, features_per_head], Σ φ(k_s) [batch,
@@ -272,8 +274,10 @@ def decode_state(kind, mesh, ctx, keys_values=None):
     ring = kind == "local" and ctx.c.local_attention_radius < d.sequence.size
     memory = d.local_memory if ring else d.memory_length
     if keys_values is None:
-        return tuple(mtf.zeros(mesh, mtf.Shape([d.batch, d.heads, memory, d.features_per_head])) for _ in range(2))
-    return tuple(_slots(x, memory, d) for x in keys_values)
+        caches = [mtf.zeros(mesh, mtf.Shape([d.batch, d.heads, memory, d.features_per_head])) for _ in range(2)]
+    else:
+        caches = [_slots(mtf.to_float(x), memory, d) for x in keys_values]
+    return tuple(_own_buffer(x) for x in caches)
 
 
 def _slots(x, memory, d):
@@ -303,6 +307,7 @@ def attention_step(h, kind, state, position, ctx):
         else:
             state = _written(state, k, v, position, ctx.d)
             out = _softmax_step(q, kind, state, position, ctx)
+            state = tuple(_once_read(cache, out, ctx.d) for cache in state)
         return _output_projection(out, ctx), state
 
 
@@ -334,20 +339,21 @@ def _softmax_step(q, kind, cache, position, ctx):
     d = ctx.d
     k_cache, v_cache = cache
     slots = k_cache.shape.dims[2]
+    dtype = q.dtype  # the activations': the weights are rounded to it, as `attention` rounds them
     q = mtf.to_float(q)
-    logits = _per_slice("bhf,bhmf->bhm", q, mtf.to_float(k_cache), [d.batch, d.heads, slots], d)
+    logits = _per_slice("bhf,bhmf->bhm", q, k_cache, [d.batch, d.heads, slots], d)
     mask_value = GLOBAL_MASK_VALUE if kind == "global" else LOCAL_MASK_VALUE
     logits += (1.0 - mtf.cast(_visible(kind, slots, position, ctx.c), tf.float32)) * mask_value
     output_dims = [d.batch, d.heads, d.features_per_head]
     memory = _memory_key_values(q.mesh, ctx) if kind == "global" else None
     if memory is None:
         weights = softmax(logits, slots)
-        return _per_slice("bhm,bhmf->bhf", mtf.cast(weights, v_cache.dtype), v_cache, output_dims, d)
+        return _per_slice("bhm,bhmf->bhf", mtf.cast(weights, dtype), v_cache, output_dims, d)
     memory_k, memory_v = memory
     memory_slots = memory_k.shape.dims[0]
     memory_logits = mtf.einsum([q, mtf.to_float(memory_k)], output_shape=[d.batch, d.heads, memory_slots])
     weights, memory_weights = _softmax_with_memory(logits, slots, memory_logits, memory_slots)
-    return (_per_slice("bhm,bhmf->bhf", mtf.cast(weights, v_cache.dtype), v_cache, output_dims, d)
+    return (_per_slice("bhm,bhmf->bhf", mtf.cast(weights, dtype), v_cache, output_dims, d)
             + mtf.einsum([mtf.cast(memory_weights, memory_v.dtype), memory_v], output_shape=output_dims))
 
 
@@ -366,14 +372,52 @@ def _linear_step(q, k, v, state, d):
 
 def write_slot(cache, new, index, d):
     """cache [batch, heads, memory, features_per_head] with `new` [batch, heads, features_per_head]
-    written at memory slot `index` (a scalar), in place where TensorFlow can."""
+    written at memory slot `index` (a scalar), in the cache's own buffer.
+
+    TensorScatterUpdate copied the whole cache at every token (in a while loop its input is never the
+    last reference). InplaceUpdate writes into its input and returns it, which is safe because (1) the old
+    cache's only reader is this write, (2) a step passes its cache on only once it has read it
+    (`_once_read`), so the next step's write waits for this step's reads, and (3) `decode_state` gives
+    each cache a buffer of its own, never a constant's. XLA (TPU) updates its buffers in place by itself."""
     def update(cache, new, index):
-        rows, heads = tf.meshgrid(tf.range(tf.shape(cache)[0]), tf.range(tf.shape(cache)[1]), indexing="ij")
-        where = tf.stack([rows, heads, tf.fill(tf.shape(rows), index)], axis=-1)
-        return tf.tensor_scatter_nd_update(cache, where, new)
+        new = tf.cast(new, cache.dtype)
+        if _in_xla():
+            rows, heads = tf.meshgrid(tf.range(tf.shape(cache)[0]), tf.range(tf.shape(cache)[1]), indexing="ij")
+            where = tf.stack([rows, heads, tf.fill(tf.shape(rows), index)], axis=-1)
+            return tf.tensor_scatter_nd_update(cache, where, new)
+        # Rows (b, h, index) of the cache as [batch·heads·memory, features_per_head]; reshapes share buffers.
+        shape = tf.shape(cache)
+        rows = tf.range(shape[0] * shape[1]) * shape[2] + index
+        written = tf.raw_ops.InplaceUpdate(x=tf.reshape(cache, [-1, shape[3]]), i=rows,
+                                           v=tf.reshape(new, [-1, shape[3]]))
+        return tf.reshape(written, shape)
 
     return mtf.slicewise(update, [cache, new, index], output_shape=cache.shape, output_dtype=cache.dtype,
                          splittable_dims=[d.batch, d.heads])
+
+
+def _once_read(cache, out, d):
+    """cache, passed on only once `out` [batch, heads, features_per_head], which read it, is computed: so
+    the next step's in-place write (`write_slot`) cannot overtake this step's reads, whatever feeds it."""
+    def after(cache, out):
+        with tf.control_dependencies([out]):
+            return tf.identity(cache)
+
+    return mtf.slicewise(after, [cache, out], output_shape=cache.shape, output_dtype=cache.dtype,
+                         splittable_dims=[d.batch, d.heads])
+
+
+def _own_buffer(x):
+    """x in a buffer no other tensor shares (`write_slot` writes into it): a constant's would carry one
+    generation's writes into the next."""
+    def copy(x):
+        return x if _in_xla() else tf.raw_ops.DeepCopy(x=x)
+
+    return mtf.slicewise(copy, [x], output_shape=x.shape, output_dtype=x.dtype, splittable_dims=x.shape.dims)
+
+
+def _in_xla():
+    return control_flow_util.GraphOrParentsInXlaContext(tf.get_default_graph())
 
 
 def _per_slice(equation, x, y, output_dims, d):

@@ -173,6 +173,33 @@ def test_greedy_batch_of_different_prompt_lengths_equals_full_recompute(prompts,
         assert not out[row, len(expected):].any()  # nothing written past predict_max_steps
 
 
+@pytest.mark.parametrize("min_prompt_length", [1, 3])  # zero caches (folded into constants) / prefilled ones
+def test_generations_write_caches_in_place_each_into_its_own_buffers(min_prompt_length):
+    """Two generations in one graph, run at once, from the same prompts: each cache is written in place
+    (InplaceUpdate, no copying scatter) into a buffer of its own, so both decode as full recompute does."""
+    config = make(n_ctx=16, local_attention_radius=4, attention_types=[[["global", "local"], 1]], train_batch_size=2)
+    weights, _ = full_logits(config, np.zeros((2, 16), np.int64))
+    prompts = [[5, 9, 2], [7, 3, 3, 1]]
+    ids = np.zeros((2, 16), np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)] = prompt
+    with tf.Graph().as_default() as tf_graph:
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        d = Dims.build(config.model, 2)
+        tokens = mtf.import_fully_replicated(mesh, tf.constant(ids, tf.int32), mtf.Shape([d.batch, d.sequence]))
+        lengths = mtf.import_fully_replicated(mesh, tf.constant([3, 4], tf.int32), mtf.Shape([d.batch]))
+        outs = [generate(tokens, lengths, Context(d, config.model, train=False, seed=1),
+                         PredictConfig(temperature=0, predict_max_steps=5), -1, min_prompt_length) for _ in range(2)]
+        lowering = mtf.Lowering(graph, {mesh: placement(config, 1)})
+        first, second = randomize_and_run(lowering, [lowering.export_to_tf_tensor(x) for x in outs], weights=weights)[1]
+    types = {op.type for op in tf_graph.get_operations()}
+    assert "InplaceUpdate" in types and "TensorScatterUpdate" not in types
+    np.testing.assert_array_equal(first, second)
+    for row, prompt in enumerate(prompts):
+        assert list(first[row, :len(prompt) + 5]) == greedy_reference(config, weights, prompt, 5)
+
+
 def test_stops_at_eos_and_sampling_is_reproducible_and_mesh_independent():
     config = make(n_ctx=16, local_attention_radius=4, attention_types=[[["global", "local"], 1]], train_batch_size=4)
     weights, _ = full_logits(config, np.zeros((4, 16), np.int64))
