@@ -189,4 +189,5 @@ def test_recompute_grad_gives_the_same_loss_and_gradients():
     ids = np.random.RandomState(4).randint(0, 64, size=(4, 16))
     common = dict(n_ctx=16, local_attention_radius=4, train_batch_size=4)
     plain = step_results(make(**common), ids)
-    assert_same_step(step_results(make(recompute_grad=True, **common), ids), plain, rtol=1e-6)
+    # recompute_grad reorders float32 sums: 1.2e-6 of the gradient scale seen on an AVX-512 EPYC
+    assert_same_step(step_results(make(recompute_grad=True, **common), ids), plain, rtol=4e-6)
