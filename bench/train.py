@@ -90,10 +90,10 @@ def checkpoint_interval(steps):
     return steps + 1
 
 
-def training_config(n_ctx, batch, n_layer, steps, model_path, dtype):
-    """The original's keys of the benchmarked training run."""
+def training_config(n_ctx, batch, n_layer, steps, model_path, dtype, chunked_loss=False):
+    """The original's keys of the benchmarked training run (and ours: `chunked_loss`)."""
     return dict(raw_config(n_ctx, n_layer), model_path=model_path, train_batch_size=batch, train_steps=steps,
-                precision=dtype,
+                precision=dtype, chunked_loss=chunked_loss,
                 iterations=1, lr=LR, weight_decay=WEIGHT_DECAY, gradient_clipping=CLIP,
                 datasets=[["synthetic", None, None, None]], no_dataset=False)
 
@@ -153,7 +153,7 @@ def _write_run(workdir, args, steps):
     path = os.path.join(workdir, "bench_train.json")
     with open(path, "w") as f:
         json.dump(training_config(args.n_ctx, args.batch, args.n_layer, steps, os.path.join(workdir, "model"),
-                                  args.dtype), f)
+                                  args.dtype, args.chunked_loss), f)
     return path
 
 
@@ -211,8 +211,8 @@ def worker_profile(args):
     steps = args.warmup + 1
     workdir = tempfile.mkdtemp(prefix="gpt-neo-bench-train-")
     try:
-        raw = dict(training_config(args.n_ctx, args.batch, args.n_layer, steps, workdir, args.dtype), datasets=[],
-                   no_dataset=True)
+        raw = dict(training_config(args.n_ctx, args.batch, args.n_layer, steps, workdir, args.dtype,
+                                   args.chunked_loss), datasets=[], no_dataset=True)
         config = build_config(raw, "bench_train", [])
         estimator = build_estimator(config, select_hardware(config.mesh), checkpoint_interval(steps))
         ids = np.random.RandomState(1234).randint(0, VOCAB, size=(args.batch, args.n_ctx + 1)).astype(np.int32)
@@ -272,7 +272,7 @@ def run(args, worker, n_ctx=None, batch=None, dtype=None, peak_tflops=None):
     command = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--shapes",
                ",".join("%dx%d" % s for s in args.shapes), "--n_layer", str(args.n_layer), "--warmup",
                str(args.warmup), "--steps", str(args.steps), "--matmul_reps", str(args.matmul_reps),
-               "--dtypes", ",".join(args.dtypes)]
+               "--dtypes", ",".join(args.dtypes)] + (["--chunked_loss"] if args.chunked_loss else [])
     if n_ctx:
         command += ["--n_ctx", str(n_ctx), "--batch", str(batch), "--dtype", dtype]
     if peak_tflops:
@@ -350,6 +350,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--matmul_reps", type=int, default=5, help="timed runs of each matmul (the best counts)")
     parser.add_argument("--only", default="ours,hf", help="training implementations to measure")
+    parser.add_argument("--chunked_loss", action="store_true",
+                        help="train ours with `chunked_loss` (the output layer and loss over vocabulary chunks)")
     parser.add_argument("--profile", action="store_true",
                         help="also trace one of our training steps at the first shape and print the top ops")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)

@@ -12,9 +12,8 @@ With `rotary_emb`, queries and keys of every kind are first turned by their posi
 Variable scopes and names are checkpoint API (see the original's variable table).
 """
 from ..meshtf import mtf, tf
-from tensorflow.python.ops import control_flow_util  # noqa: E402  (after meshtf, which sets TF up)
 from . import dims as names
-from .layers import dropout, normal_initializer, softmax
+from .layers import dropout, in_xla, normal_initializer, softmax
 from .positions import rotary_angles, rotate
 
 GLOBAL_MASK_VALUE = -1e10
@@ -381,7 +380,7 @@ def write_slot(cache, new, index, d):
     each cache a buffer of its own, never a constant's. XLA (TPU) updates its buffers in place by itself."""
     def update(cache, new, index):
         new = tf.cast(new, cache.dtype)
-        if _in_xla():
+        if in_xla():
             rows, heads = tf.meshgrid(tf.range(tf.shape(cache)[0]), tf.range(tf.shape(cache)[1]), indexing="ij")
             where = tf.stack([rows, heads, tf.fill(tf.shape(rows), index)], axis=-1)
             return tf.tensor_scatter_nd_update(cache, where, new)
@@ -411,13 +410,9 @@ def _own_buffer(x):
     """x in a buffer no other tensor shares (`write_slot` writes into it): a constant's would carry one
     generation's writes into the next."""
     def copy(x):
-        return x if _in_xla() else tf.raw_ops.DeepCopy(x=x)
+        return x if in_xla() else tf.raw_ops.DeepCopy(x=x)
 
     return mtf.slicewise(copy, [x], output_shape=x.shape, output_dtype=x.dtype, splittable_dims=x.shape.dims)
-
-
-def _in_xla():
-    return control_flow_util.GraphOrParentsInXlaContext(tf.get_default_graph())
 
 
 def _per_slice(equation, x, y, output_dims, d):

@@ -11,6 +11,7 @@ import dataclasses
 
 from ..meshtf import mtf, tf
 from .attention import attention, attention_masks, attention_step
+from .chunked_loss import tied_log_z_and_target
 from .entmax import entmax_loss
 from .layers import dense, dropout, embed, layer_norm, log_z_and_target, mlp, normal_initializer, rezero, scale_norm
 from .moe import moe
@@ -41,19 +42,29 @@ def gpt_with_cache(ids, ctx, logits=True):
     The sequence may be shorter than n_ctx (a prompt, prefilled before decoding); without
     `logits` the output projection is skipped and None returned in its place.
     """
-    return _forward(ids, ctx, logits)[:2]
+    return _forward(ids, ctx, None if logits else lambda h, wte: None)[:2]
 
 
-def gpt_losses(ids, labels, ctx):
+def gpt_losses(ids, labels, ctx, logits=True):
     """The objective for ids -> labels [batch, sequence]: (loss, per-token loss [batch, sequence], logits).
 
     ℓ is cross-entropy + z-loss (the per-token loss returned is the cross-entropy alone), or with
     `entmax_loss` the 1.3-entmax loss (no z-loss, as the original). A masked LM (`mlm_training`)
     averages ℓ over its scored positions only, those with a label >= 0 (see inputs/mlm.py).
+    With `chunked_loss` and without `logits` (a training step that needs only the loss), the tied output
+    layer and the cross-entropy run as one op over chunks of the vocabulary (models/chunked_loss.py),
+    which never holds the whole logits or their gradient, and None is returned in their place.
     """
     c, d = ctx.c, ctx.d
-    logits, _, balance = _forward(ids, ctx)
     scored = mtf.cast(mtf.greater_equal(labels, 0), tf.float32) if c.mlm_training else None
+    if c.chunked_loss and not logits:  # validation: tied, cross-entropy
+        def head(h, wte):
+            return tied_log_z_and_target(layer_norm(h, d.embd, "ln_f", ctx.dtype), wte, labels, d.vocab)
+
+        (log_z, target_logit), _, balance = _forward(ids, ctx, head)
+        loss, per_token = _cross_entropy_and_z_loss(log_z, target_logit, c.z_loss, scored)
+        return (loss if balance is None else loss + balance), per_token, None
+    logits, _, balance = _forward(ids, ctx)
     if c.entmax_loss:
         per_token = entmax_loss(logits, labels, d.vocab)
         loss = _mean(per_token, scored)
@@ -62,8 +73,9 @@ def gpt_losses(ids, labels, ctx):
     return (loss if balance is None else loss + balance), per_token, logits
 
 
-def _forward(ids, ctx, logits=True):
-    """(logits or None, each layer's cache, the MoE layers' summed load-balancing loss or None)."""
+def _forward(ids, ctx, head=None):
+    """(head(the final residual stream, wte), each layer's cache, the MoE layers' summed load-balancing
+    loss or None); the head defaults to the logits."""
     c, d = ctx.c, ctx.d
     with tf.variable_scope("gpt2"):
         wte = _token_table(ids.mesh, ctx)
@@ -79,7 +91,8 @@ def _forward(ids, ctx, logits=True):
                 h, aux, cache = _block(h, i, kind, ctx)
             caches.append(cache)
             balance += [aux] if aux is not None else []
-        return (_logits(h, wte, ctx) if logits else None), caches, (mtf.add_n(balance) if balance else None)
+        out = _logits(h, wte, ctx) if head is None else head(h, wte)
+        return out, caches, (mtf.add_n(balance) if balance else None)
 
 
 def gpt_step(tokens, position, caches, ctx):
@@ -192,7 +205,10 @@ def token_losses(logits, labels, d, z_loss, scored=None):
     A label outside [0, n_vocab) has no target logit, so only its z-loss term counts (as the original's
     all-zero one-hot).
     """
-    log_z, target_logit = log_z_and_target(logits, labels, d.vocab)
+    return _cross_entropy_and_z_loss(*log_z_and_target(logits, labels, d.vocab), z_loss, scored)
+
+
+def _cross_entropy_and_z_loss(log_z, target_logit, z_loss, scored):
     cross_entropy = log_z - target_logit
     per_token = cross_entropy + z_loss * mtf.square(log_z)
     return _mean(per_token, scored), cross_entropy

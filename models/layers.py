@@ -6,6 +6,7 @@ scope below is written literally where the variable is created.
 import zlib
 
 from ..meshtf import mtf, tf
+from tensorflow.python.ops import control_flow_util  # noqa: E402  (after meshtf, which sets TF up)
 from . import dims as names
 from .activations import activation
 
@@ -129,6 +130,12 @@ def dense(x, in_dim, out_dim, name, stddev, ctx):
                                   initializer=normal_initializer(stddev, "kernel", ctx.seed), dtype=ctx.dtype)
         bias = mtf.get_variable(x.mesh, "bias", [out_dim], initializer=tf.zeros_initializer(), dtype=ctx.dtype)
     return mtf.einsum([x, kernel], reduced_dims=[in_dim]) + bias
+
+
+def in_xla():
+    """Whether the graph being built is compiled by XLA (on TPU), which has no in-place ops (InplaceUpdate)
+    and needs none: it updates buffers in place by itself."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.get_default_graph())
 
 
 def dropout(x, rate, train):

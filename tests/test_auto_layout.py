@@ -83,13 +83,17 @@ def test_costs_count_the_collectives_of_a_real_lowering():
     """Einsum work (mesh-tf's own counter) and every collective the lowering of the training step
     over 4 CPU devices issues: all-reduces (also those mesh-tf delays past additions of partial sums,
     and the embedding lookups') and all-concats; with 2 microbatches those in the loop twice, except the
-    gradients' all-reduce, which mesh-tf delays until after the loop."""
-    for mesh_shape, layout, tokens_per_mb, collectives in (
-            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", None, {"allreduce"}),
-            ("x:2,y:2", "batch:x,embd:y,memory_length:y", None, {"allreduce", "allconcat"}),
-            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", 16, {"allreduce"})):
+    gradients' all-reduce, which mesh-tf delays until after the loop. With and without `chunked_loss`."""
+    for mesh_shape, layout, tokens_per_mb, chunked_loss, collectives in (
+            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", None, False, {"allreduce"}),
+            ("x:2,y:2", "batch:x,embd:y,memory_length:y", None, False, {"allreduce", "allconcat"}),
+            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", 16, False, {"allreduce"}),
+            # The chunked loss's own einsums and all-reduces, over a split vocab, a split embd, and in the loop.
+            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", None, True, {"allreduce"}),
+            ("x:2,y:2", "batch:x,embd:y,memory_length:y", None, True, {"allreduce", "allconcat"}),
+            ("x:2,y:2", "batch:x,heads:y,vocab:y,intermediate_expanded:y", 16, True, {"allreduce"})):
         config = make(mesh_shape, layout, n_ctx=16, local_attention_radius=4, train_batch_size=4,
-                      tokens_per_mb_per_replica=tokens_per_mb)
+                      tokens_per_mb_per_replica=tokens_per_mb, chunked_loss=chunked_loss)
         step = symbolic(config)
         ours = auto_layout.StepOperations(step).costs(parse_mesh_shape(mesh_shape), parse_layout(layout)).counters
         mesh = CountingMesh(mesh_shape, layout, 4, step.microbatches)

@@ -202,8 +202,8 @@ ROWS = [
         lambda env: env.main("--model", env.config(mesh_shape="x:8"))),
     Row("step-larger-than-device", "training step larger than a device's memory", "`--device_memory 0.001`",
         "training needs an estimated ... per device, more than 90% of the 1.02 MiB of --device_memory 0.001 (the "
-        "biggest tensors: ...); neither recompute_grad, tokens_per_mb_per_replica nor another layout on this mesh "
-        "fits: use more devices or devices with more memory, or a smaller model",
+        "biggest tensors: ...); neither recompute_grad, chunked_loss, tokens_per_mb_per_replica nor another layout on "
+        "this mesh fits: use more devices or devices with more memory, or a smaller model",
         lambda env: env.main("--model", env.config(), "--device_memory", "0.001")),
     # Clusters (docs/clusters.md)
     Row("cluster-devices-mismatch", "mesh size differs from the cluster's devices",

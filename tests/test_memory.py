@@ -122,7 +122,8 @@ TOLERANCE = 0.4
     {"recompute_grad": True},
     {"moe_layers": [1], "moe_params": {"moe_num_experts": 4, "moe_hidden_size": 128}},  # + the balancing loss
     {"mlm_training": True, "mlm_mask_id": 1},  # the loss averages the scored positions
-], ids=["recompute_grad", "experts", "mlm"])
+    {"chunked_loss": True},  # a chunk of the logits at a time (1/16 of them), as models/chunked_loss.py declares
+], ids=["recompute_grad", "experts", "mlm", "chunked_loss"])
 def test_estimate_is_close_to_tensorflows_peak_allocation(features):
     """On one CPU device TF runs the graph's ops as they are (no fusion), so the estimate's total (variables,
     gradients and the activations' peak) is about what its allocator holds at most. TF's own order of the
@@ -212,7 +213,8 @@ def test_a_tensor_with_two_dimensions_on_one_mesh_dimension_is_a_config_error():
 
 
 def test_preflight_refuses_a_step_that_does_not_fit_and_names_what_would():
-    """Each key it names fits on its own: recompute_grad, the largest microbatch, --auto_layout's layout."""
+    """Each key it names fits on its own: recompute_grad, chunked_loss, the largest microbatch, --auto_layout's
+    layout."""
     sizes = dict(SIZES, n_vocab=8192)  # a step of more than 0.1 GiB: the message gives GiB
     config = make("x:2", "", **sizes)
     total = estimate(config).at().total
@@ -223,9 +225,10 @@ def test_preflight_refuses_a_step_that_does_not_fit_and_names_what_would():
     assert message.startswith("training needs an estimated %.3g GiB per device, more than 90%% of the %.3g GiB of "
                               "--device_memory 0.1 (the biggest tensors: " % (total / GiB, memory / GiB))
     fixes = dict(re.findall(r"(\w+)=(\S+) \(", message.split("these would fit: ")[1]))
-    assert fixes == {"recompute_grad": "true", "tokens_per_mb_per_replica": "1024", "layout": "batch:x"}
-    for key, value in (("recompute_grad", True), ("tokens_per_mb_per_replica", 1024)):
-        group = "model" if key == "recompute_grad" else "train"
+    assert fixes == {"recompute_grad": "true", "chunked_loss": "true", "tokens_per_mb_per_replica": "1024",
+                     "layout": "batch:x"}
+    for key, value in (("recompute_grad", True), ("chunked_loss", True), ("tokens_per_mb_per_replica", 1024)):
+        group = "train" if key == "tokens_per_mb_per_replica" else "model"
         fixed = dataclasses.replace(config, **{group: dataclasses.replace(getattr(config, group), **{key: value})})
         assert preflight(fixed, device=Device(memory, "")) == preflight(config)
     assert preflight(make("x:2", "batch:x", **sizes), device=Device(memory, "")) == preflight(config)

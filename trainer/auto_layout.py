@@ -47,7 +47,7 @@ from typing import Dict, Optional, Tuple
 
 from ..meshtf import mtf, tf
 from ..models import dims as names
-from ..models import layers
+from ..models import chunked_loss, layers
 from .config import ConfigError, MeshConfig, microbatches, validate
 from .memory import GiB, USABLE, DeviceMemory, lifetimes
 from .step import nodes, symbolic
@@ -120,8 +120,11 @@ class StepOperations:
                 sums = tuple((tensor_id(a), tensor_id(b)) for a, b in node.sums)
                 self.ops.append(Op("loop", inputs, None, sums=sums))
                 continue
-            op = _op(node.op, inputs, tensor_id(node.op.outputs[0]) if node.op.outputs else None, conflicts)
-            self.ops.append(dataclasses.replace(op, runs=node.runs) if node.runs > 1 else op)
+            if isinstance(node.op, (chunked_loss._TiedLogZAndTarget, chunked_loss._TiedLogZAndTargetGrad)):
+                ops = _tied_loss_ops(node.op, inputs, tuple(tensor_id(t) for t in node.op.outputs), conflicts)
+            else:
+                ops = [_op(node.op, inputs, tensor_id(node.op.outputs[0]) if node.op.outputs else None, conflicts)]
+            self.ops += [dataclasses.replace(op, runs=node.runs) if node.runs > 1 else op for op in ops]
         self.shapes = {i: t.shape for t, i in ids.items()}
         self.dims = {i: tuple(t.shape.dims) for t, i in ids.items()}
         self.itemsize = {i: t.dtype.size for t, i in ids.items()}
@@ -256,6 +259,23 @@ def _op(op, inputs, output, conflicts):
     if isinstance(op, mtf.ops.BinaryOpWithBroadcasting) and op._tf_fn == tf.add:
         return Op("add", inputs, output)
     return Op("other", inputs, output)
+
+
+def _tied_loss_ops(op, inputs, outputs, conflicts):
+    """models/chunked_loss.py's ops as the einsums and all-reduces their lowering issues: the logits h·wteᵀ
+    (all-reduced over a split embd, chunk by chunk), forward the normalizer and target logit (all-reduced
+    over a split vocab), backward the logits again, then d h = g·wte and d wte = gᵀ·h, summed lazily as
+    einsums' are."""
+    h, wte, labels = op.inputs[:3]
+    tokens, (vocab, embd) = labels.shape.dims, wte.shape.dims
+    work = tuple(tokens) + (vocab, embd)
+    conflicts.update(_pairs(work))
+    logits = Op("einsum", inputs, outputs[0], (embd.name,), tuple(tokens) + (vocab,), work)
+    if isinstance(op, chunked_loss._TiedLogZAndTarget):
+        return [logits, Op("reduce", (outputs[0],), outputs[0], (vocab.name,), tuple(tokens),
+                           allreduces=chunked_loss._TiedLogZAndTarget.ALLREDUCES)]
+    return [logits, Op("einsum", inputs, outputs[0], (vocab.name,), tuple(h.shape.dims), work),
+            Op("einsum", inputs, outputs[1], tuple(d.name for d in tokens), (vocab, embd), work)]
 
 
 def _sum_later(op, pending, dims):

@@ -95,18 +95,19 @@ def lifetimes(step):
                 if v.activation_dtype == v.slice_dtype)
     shape_index, rows = {}, []
 
-    def add(shape, dtype, birth, death, name):
+    def add(shape, itemsize, birth, death, name):
         key = tuple(shape.dims)
         shape_index.setdefault(key, len(shape_index))
-        rows.append((shape_index[key], dtype.size, birth, death, name))
+        rows.append((shape_index[key], itemsize, birth, death, name))
 
     for i, node in enumerate(walk):
         for t in node.op.outputs:
             if t not in skip:
-                add(t.shape, t.dtype, i, last_read.get(t, i), t.name)
-        # An op's own buffers while it runs (models/layers.py's fused ops declare them).
-        for k, (shape, dtype) in enumerate(getattr(node.op, "scratch", ())):
-            add(shape, dtype, i, i, "%s/scratch_%d" % (node.op.name, k))
+                add(t.shape, t.dtype.size, i, last_read.get(t, i), t.name)
+        # An op's own buffers while it runs (the fused ops of models/ declare them): (shape, dtype), or
+        # (shape, dtype, parts) for a buffer of 1/parts of that shape (a chunk of it).
+        for k, (shape, dtype, *parts) in enumerate(getattr(node.op, "scratch", ())):
+            add(shape, dtype.size / (parts[0] if parts else 1), i, i, "%s/scratch_%d" % (node.op.name, k))
     shape_of, itemsize, birth, death, tensor_names = zip(*rows)
     forward_end = next(i for i, node in enumerate(walk) if step.model_loss in node.op.outputs) + 1
     return Lifetimes(
@@ -114,7 +115,7 @@ def lifetimes(step):
         slots=tuple((v.shape, v.slice_dtype.size) for v in step.slots),
         teacher=tuple((v.shape, v.slice_dtype.size) for v in step.teacher),
         shapes=tuple(mtf.Shape(list(k)) for k in shape_index), shape_of=np.array(shape_of),
-        itemsize=np.array(itemsize, np.int64), birth=np.array(birth), death=np.array(death),
+        itemsize=np.array(itemsize, np.float64), birth=np.array(birth), death=np.array(death),
         tensor_names=tensor_names, forward_end=forward_end, batch=step.batch)
 
 
@@ -174,7 +175,7 @@ class DeviceMemory:
 
     def _live(self, size):
         """Bytes alive at each node: tensor sizes added at their birth, removed after their death."""
-        delta = np.zeros(int(self.lifetimes.death.max()) + 2, np.int64)
+        delta = np.zeros(int(self.lifetimes.death.max()) + 2, np.float64)
         np.add.at(delta, self.lifetimes.birth, size)
         np.add.at(delta, self.lifetimes.death + 1, -size)
         return np.cumsum(delta)[:-1]

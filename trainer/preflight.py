@@ -20,7 +20,7 @@ from ..models.context import Context
 from ..models.dims import Dims
 from ..models.gpt import gpt_losses
 from . import auto_layout
-from .config import ConfigError
+from .config import ConfigError, validate
 from .config.schema import training_mesh
 from .flops import TPUS, _gpu_model_name
 from .memory import GiB, TPU_MEMORY, USABLE, DeviceMemory, estimate, largest_microbatch, lifetimes
@@ -133,6 +133,15 @@ def _what_fits(config, budget, device):
         total = estimate(recomputed).at().total
         if total <= budget:
             fixes.append("recompute_grad=true (%s)" % _size(total))
+    if not config.model.chunked_loss:
+        chunked = _with(config, "model", chunked_loss=True)
+        try:
+            validate(chunked)
+            total = estimate(chunked).at().total
+        except ConfigError:  # an objective that needs the logits
+            total = None
+        if total is not None and total <= budget:
+            fixes.append("chunked_loss=true (%s)" % _size(total))
     for candidate, also in variants:  # microbatches, with recompute_grad only if they need it
         tokens = largest_microbatch(candidate, budget)
         if tokens:
@@ -147,8 +156,8 @@ def _what_fits(config, budget, device):
         if choice and choice.fits and dict(choice.layout) != dict(config.mesh.layout):
             fixes.append("layout=%s (%s, --auto_layout's choice)" % (choice.layout_string, _size(choice.memory)))
     if not fixes:
-        return ("neither recompute_grad, tokens_per_mb_per_replica nor another layout on this mesh fits: use more "
-                "devices or devices with more memory, or a smaller model")
+        return ("neither recompute_grad, chunked_loss, tokens_per_mb_per_replica nor another layout on this mesh "
+                "fits: use more devices or devices with more memory, or a smaller model")
     return "these would fit: " + "; ".join(fixes)
 
 

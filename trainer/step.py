@@ -39,8 +39,8 @@ def objective(config, ids, targets, teacher_checkpoint=None):
 
     def loss(ids, targets):  # of a batch or a microbatch (whose `batch` is smaller)
         d = Dims.build(config.model, ids.shape.dims[0].size)
-        model_loss, cross_entropy, logits = gpt_losses(
-            ids, targets, Context(d, config.model, train=True, seed=config.data.seed, dtype=dtype))
+        model_loss, cross_entropy, logits = gpt_losses(  # the logits only to distil
+            ids, targets, Context(d, config.model, train=True, seed=config.data.seed, dtype=dtype), logits=k.on)
         if not k.on:
             return model_loss, []
         teacher = distill.teacher_logits(ids, config, teacher_checkpoint)

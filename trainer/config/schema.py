@@ -38,6 +38,7 @@ class ModelConfig:
     z_loss: float = 1e-4
     precision: str = "float32"
     recompute_grad: bool = False
+    chunked_loss: bool = False  # training's output layer and loss over vocabulary chunks (models/chunked_loss.py)
     # Experimental features of the original (see trainer.config.validation).
     mlm_training: bool = False  # masked-LM objective (inputs/mlm.py); attention sees both ways
     moe_layers: Optional[Tuple[int, ...]] = None

@@ -35,6 +35,19 @@ def validate(config):
     _check_layout(config)
     _check_microbatches(config)
     _check_distill(config)
+    _check_chunked_loss(config)
+
+
+def _check_chunked_loss(config):
+    """`chunked_loss` computes the tied output layer's cross-entropy without the logits."""
+    m = config.model
+    if not m.chunked_loss:
+        return
+    needs_logits = [key for key, on in (("no_weight_tie", m.no_weight_tie), ("entmax_loss", m.entmax_loss),
+                                        ("distill_teacher", config.distill.on)) if on]
+    if needs_logits:
+        raise ConfigError("`chunked_loss` computes the cross-entropy of the tied output layer without its logits, "
+                          "but `%s` needs them; unset chunked_loss or %s" % (needs_logits[0], needs_logits[0]))
 
 
 def _check_model(m):
