@@ -14,7 +14,7 @@ from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.ops import io_ops
 
 from ..errors import ConfigError
-from ..meshtf import mtf, tf
+from ..meshtf import tf
 from .guards import RefuseNonFinite
 
 log = logging.getLogger("gptneo")
@@ -35,8 +35,9 @@ class CheckpointError(ConfigError):
     space; worded for the user."""
 
 
-def saver_hook(config, lowering, save_steps, listeners=()):
-    """The CheckpointSaverHook; `listeners` run before and after each save, after ours."""
+def saver_hook(config, fill_masters, save_steps, listeners=()):
+    """The CheckpointSaverHook; `fill_masters` (trainer.masters) fills the masters from the slices before
+    each save, then our check, then `listeners`."""
     t = config.train
     saver = _Saver(saved_variables(), sharded=True, max_to_keep=t.keep_checkpoint_max,
                    # 10000 hours is the Saver's own "never".
@@ -46,8 +47,7 @@ def saver_hook(config, lowering, save_steps, listeners=()):
     tf.add_to_collection(tf.GraphKeys.SAVERS, saver)
     # No graph.pbtxt: the text form of a mesh graph takes seconds to write (TensorBoard gets the graph anyway).
     return tf.train.CheckpointSaverHook(config.model_path, save_steps=save_steps, saver=saver, save_graph_def=False,
-                                        listeners=[mtf.MtfCheckpointSaverListener(lowering),
-                                                   RefuseNonFinite(config.model_path), *listeners])
+                                        listeners=[fill_masters, RefuseNonFinite(config.model_path), *listeners])
 
 
 # What the OS says when a disk or a quota is full; TensorFlow's error messages end with it.
@@ -171,7 +171,7 @@ def restore_scaffold_fn(model_path, then=None):
     `then` (a function returning an op, e.g. filling per-device slices from the masters, which a
     SavedModel needs at load time) joins the local init op when nothing needs recasting or
     initializing: its ops exist already and would not wait for those. (Outside SavedModels the
-    estimator's MtfRestoreHook fills the slices after the local init.)
+    fill hook of trainer.masters fills the slices after the local init.)
     """
     checkpoint = latest_checkpoint(model_path)
     if checkpoint is None:

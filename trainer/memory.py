@@ -11,7 +11,7 @@ dimension, every other one is whole on every device. So they follow the model, t
   optimizer's slots (Adam: m and v of each variable's shape; Adafactor: factored row and column
   statistics, plus momentum when beta1 > 0), in the slice dtype, which is float32 also under
   bfloat16 precision. Masters (what checkpoints hold, bfloat16 under that precision) live on the
-  host CPUs, not on the devices.
+  host CPUs, not on the devices (and outside TPUs hold values only during saves: trainer/masters.py).
 - teacher: with a distillation teacher (trainer/distill.py), the slice of each of its variables one
   device holds under its own layout (trainer.config.schema.training_mesh). It has no gradients and no
   optimizer state; its forward pass's tensors count with the activations (it runs before the student's

@@ -10,6 +10,7 @@ from ..models.dims import Dims
 from ..models.gpt import gpt, gpt_losses, variable_dtype
 from ..models.sampling import generate
 from . import checkpoints, distill, evaluation, hooks
+from .masters import Masters
 from .config.schema import training_mesh
 from .hardware import mesh_implementation
 from .optimizer import gradient_norms, minimize
@@ -73,9 +74,10 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
             step_ops.append(spikes.record(tf_loss, lowering.export_to_tf_tensor(applies)))
         with tf.control_dependencies(step_ops):
             train_op = tf.assign_add(global_step, 1)
-        saver = checkpoints.saver_hook(config, lowering, steps_per_checkpoint,
+        masters = Masters(lowering, mesh_impl)
+        saver = checkpoints.saver_hook(config, masters.saver_listener(), steps_per_checkpoint,
                                        [spikes.saver_listener()] if spikes else [])
-        training_hooks = [mtf.MtfRestoreHook(lowering), saver, hooks.ProgressHook(progress, global_step)]
+        training_hooks = [masters.fill_hook(), saver, hooks.ProgressHook(progress, global_step)]
         training_hooks += spikes.hooks() if spikes else []
         return TPUEstimatorSpec(ModeKeys.TRAIN, loss=tf_loss, train_op=train_op, training_hooks=training_hooks,
                                 host_call=hooks.summary_host_call(
@@ -105,7 +107,7 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         tensors = [lowering.export_to_tf_tensor(x) for x in outputs] + inputs
         return TPUEstimatorSpec(ModeKeys.EVAL, loss=tf.cast(lowering.export_to_tf_tensor(loss), tf.float32),
-                                evaluation_hooks=[mtf.MtfRestoreHook(lowering)], eval_metrics=(metrics, tensors),
+                                evaluation_hooks=[Masters(lowering, mesh_impl).fill_hook()], eval_metrics=(metrics, tensors),
                                 scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path))
 
     def _predict_spec(features, mesh, mesh_impl, d, min_prompt_length):
@@ -119,14 +121,14 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         if "lengths" not in features:
             logits = mtf.anonymize(mtf.to_float(gpt(ids, ctx)))
             lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
-            return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
+            return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[Masters(lowering, mesh_impl).fill_hook()],
                                     scaffold_fn=_restore_and_fill_slices(lowering),
                                     predictions={"logits": lowering.export_to_tf_tensor(logits)})
         lengths = mtf.import_fully_replicated(mesh, features["lengths"], mtf.Shape([d.batch]), name="lengths")
         ctx = dataclasses.replace(ctx, dtype=variable_dtype(config.predict.predict_precision, training=False))
         samples = mtf.anonymize(generate(ids, lengths, ctx, config.predict, config.data.eos_id, min_prompt_length))
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
-        return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[mtf.MtfRestoreHook(lowering)],
+        return TPUEstimatorSpec(ModeKeys.PREDICT, prediction_hooks=[Masters(lowering, mesh_impl).fill_hook()],
                                 scaffold_fn=_restore_and_fill_slices(lowering),
                                 predictions={"ids": lowering.export_to_tf_tensor(samples)})
 
