@@ -78,3 +78,21 @@ def test_a_one_device_mesh_whose_slices_are_the_masters_keeps_them():
             listener.before_save(session, 1)
             listener.after_save(session, 1)
             np.testing.assert_array_equal(session.run(variables["w"].read_value()), session.run(w))
+
+
+def test_on_gpus_slices_are_cast_to_the_master_dtype_on_their_own_device():
+    """Graph only (no GPU here): a save sends the host bfloat16 from each GPU, not float32."""
+    with tf.Graph().as_default():
+        masters = lowered(2, mtf.VariableDType(tf.bfloat16, tf.float32, tf.bfloat16), names=["/gpu:0", "/gpu:1"])[-1]
+        listener = masters.saver_listener()
+        # What the rebuild of "w" (the only saved variable) runs, back to the slices.
+        seen, stack = set(), list(listener._rebuild.control_inputs)
+        while stack:
+            op = stack.pop()
+            if op not in seen:
+                seen.add(op)
+                stack.extend(t.op for t in op.inputs)
+                stack.extend(op.control_inputs)
+    casts = [op for op in seen if op.type == "Cast"]
+    assert sorted((op.get_attr("DstT"), tf.DeviceSpec.from_string(op.device).to_string()) for op in casts) == \
+        [(tf.bfloat16, "/device:GPU:0"), (tf.bfloat16, "/device:GPU:1")]

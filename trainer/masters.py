@@ -58,8 +58,10 @@ def _empty(master):
 
 def _rebuild(variable, laid_out, mesh_impl):
     master = variable.get_master()
+    # Cast on the slices' devices, so a GPU sends the host bfloat16 rather than float32.
+    slices = mtf.parallel(mesh_impl.devices, tf.cast, laid_out.laid_out_tensor.all_slices,
+                          [variable.master_dtype] * mesh_impl.size)
     with tf.device(variable.master_device):
-        slices = [tf.cast(s, variable.master_dtype) for s in laid_out.laid_out_tensor.all_slices]
         whole = mesh_impl.combine_slices(slices, variable.shape, device=variable.master_device)
         # The master may be empty, so its shape is not validated (mtf's own copy would refuse).
         return gen_resource_variable_ops.assign_variable_op(master.handle, whole, validate_shape=False)
