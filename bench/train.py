@@ -43,11 +43,12 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
-from common import (THREADS, VOCAB, emit_result, instruction_sets, machine, memory_summary, print_memory, print_trace,
-                    raw_config, run_worker, trace_summary)
+from common import (THREADS, VOCAB, emit_result, instruction_sets, machine, memory_summary, peak_rss_mb, print_memory,
+                    print_trace, raw_config, run_worker, trace_summary)
 
 LR = 6e-4
 WEIGHT_DECAY = 0.01
@@ -163,20 +164,35 @@ def worker_ours(args):
 
     steps = args.warmup + args.steps
     workdir = tempfile.mkdtemp(prefix="gpt-neo-bench-train-")
+    # The process peak so far, every 20 ms, read at each step's summary time below.
+    peaks, running = [], threading.Event()
+    running.set()
+
+    def sample():
+        while running.is_set():
+            peaks.append((time.time(), peak_rss_mb()))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         path = _write_run(workdir, args, steps)
         code = main_py.main(["--model", path, "--peak_tflops", repr(args.peak_tflops), "--steps_per_checkpoint",
                              str(checkpoint_interval(steps))])
         if code:
             raise SystemExit("main.py exited with %d" % code)
-        rates = {}
+        rates, times = {}, {}
         for events in tf.io.gfile.glob(os.path.join(workdir, "model", "events.out.tfevents.*")):
             for event in tf.train.summary_iterator(events):
-                rates.update({event.step: v.simple_value for v in event.summary.value if v.tag == "tokens_per_sec"})
+                for v in event.summary.value:
+                    if v.tag == "tokens_per_sec":
+                        rates[event.step], times[event.step] = v.simple_value, event.wall_time
     finally:
+        running.clear()
         shutil.rmtree(workdir)
     step_seconds = [args.n_ctx * args.batch / rates[s] for s in range(args.warmup + 1, steps + 1)]
-    return {"seconds": sum(step_seconds), "step_seconds": step_seconds}
+    peak_after = [max([mb for t, mb in peaks if t <= times[s]] or [0.0]) for s in range(1, steps + 1)]
+    return {"seconds": sum(step_seconds), "step_seconds": step_seconds, "peak_rss_after_step": peak_after}
 
 
 def worker_profile(args):
@@ -244,7 +260,7 @@ def worker_hf(args):
     steps = args.warmup + args.steps
     ids = torch.randint(0, VOCAB, (steps, args.batch, args.n_ctx), generator=torch.Generator().manual_seed(1234))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    step_seconds = []
+    step_seconds, peak_after = [], []
     for i in range(steps):
         start = time.perf_counter()
         with autocast:
@@ -254,8 +270,10 @@ def worker_hf(args):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step_seconds.append(time.perf_counter() - start)
+        peak_after.append(peak_rss_mb())
     timed = step_seconds[args.warmup:]
-    return {"seconds": sum(timed), "step_seconds": timed, "final_loss": loss.item(), "torch": torch.__version__,
+    return {"seconds": sum(timed), "step_seconds": timed, "peak_rss_after_step": peak_after,
+            "final_loss": loss.item(), "torch": torch.__version__,
             "transformers": transformers.__version__, "attn_implementation": model.config._attn_implementation}
 
 
@@ -332,6 +350,10 @@ def print_tables(args, peaks, results):
             print("hf at %d x %d, %s: timed step seconds %s; last loss %.3f; torch %s, transformers %s, attention %s" % (
                 n_ctx, batch, dtype, steps, result["final_loss"], result["torch"], result["transformers"],
                 result["attn_implementation"]))
+    print("\nPeak RSS MB after each step, warm-up included (ours: sampled every 20 ms, read at each step's summary):")
+    for (impl, n_ctx, batch, dtype), result in sorted(results.items()):
+        print("  %-4s %4d x %d, %-8s %s" % (impl, n_ctx, batch, dtype,
+                                             " ".join("%.0f" % mb for mb in result["peak_rss_after_step"])))
 
 
 def cpu_peak(peaks, dtype):
