@@ -21,20 +21,14 @@ class Masters:
     """The fill hook and the saver listener of one lowering."""
 
     def __init__(self, lowering, mesh_impl):
+        self._lowering, self._mesh_impl = lowering, mesh_impl
         self._fill = lowering.copy_masters_to_slices()
         placement = isinstance(mesh_impl, mtf.placement_mesh_impl.PlacementMeshImpl)
-        saved = set(saved_variables())
-        empty, rebuild = [], []
-        for variable, laid_out in lowering.variables.items():
-            # A stacked variable's master is a stack of others' (autostack): kept, as mtf keeps it.
-            if placement and not laid_out.slice_is_master and not isinstance(variable, mtf.StackedVariable):
-                empty.append(_empty(variable.get_master()))
-                # Only what checkpoints hold: a distillation teacher's masters stay empty.
-                if variable.get_master() in saved:
-                    rebuild.append(_rebuild(variable, laid_out, mesh_impl))
-            else:
-                rebuild.append(laid_out.copy_slices_to_master)
-        self._empty, self._rebuild = tf.group(empty), tf.group(rebuild)
+        # A stacked variable's master is a stack of others' (autostack): kept, as mtf keeps it.
+        self._released = [(variable, laid_out) for variable, laid_out in lowering.variables.items()
+                          if placement and not laid_out.slice_is_master
+                          and not isinstance(variable, mtf.StackedVariable)]
+        self._empty = tf.group([_empty(variable.get_master()) for variable, _ in self._released])
 
     def fill_hook(self):
         """A hook that fills the slices from the masters once the session exists, then empties the masters
@@ -45,11 +39,18 @@ class Masters:
         """A listener that rebuilds the masters from the slices before a save and empties them after it
         (mtf's MtfCheckpointSaverListener, releasing). It must come first among the listeners: the others'
         before_save may read the masters, and none may read them in after_save."""
-        return _Save(self._rebuild, self._empty)
+        released = dict(self._released)
+        saved = set(saved_variables())
+        # Only what checkpoints hold: a distillation teacher's masters stay empty.
+        rebuild = [_rebuild(variable, laid_out, self._mesh_impl) if variable in released
+                   else laid_out.copy_slices_to_master
+                   for variable, laid_out in self._lowering.variables.items()
+                   if variable not in released or variable.get_master() in saved]
+        return _Save(tf.group(rebuild), self._empty)
 
 
 def _empty(master):
-    # An unknown static shape passes graph-time shape inference; validate_shape=False the kernel's check.
+    # An unknown static shape passes graph-time shape inference, and validate_shape=False the kernel's check.
     nothing = tf.placeholder_with_default(tf.zeros([0] * master.shape.ndims, master.dtype.base_dtype),
                                           [None] * master.shape.ndims)
     with tf.colocate_with(master):

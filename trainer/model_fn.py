@@ -10,9 +10,9 @@ from ..models.dims import Dims
 from ..models.gpt import gpt, gpt_losses, variable_dtype
 from ..models.sampling import generate
 from . import checkpoints, distill, evaluation, hooks
-from .masters import Masters
 from .config.schema import training_mesh
 from .hardware import mesh_implementation
+from .masters import Masters
 from .optimizer import gradient_norms, minimize
 from .spikes import LossSpikes
 from .step import objective
@@ -107,7 +107,8 @@ def build_model_fn(config, hardware, steps_per_checkpoint):
         lowering = mtf.Lowering(mesh.graph, {mesh: mesh_impl}, autostack=True)
         tensors = [lowering.export_to_tf_tensor(x) for x in outputs] + inputs
         return TPUEstimatorSpec(ModeKeys.EVAL, loss=tf.cast(lowering.export_to_tf_tensor(loss), tf.float32),
-                                evaluation_hooks=[Masters(lowering, mesh_impl).fill_hook()], eval_metrics=(metrics, tensors),
+                                evaluation_hooks=[Masters(lowering, mesh_impl).fill_hook()],
+                                eval_metrics=(metrics, tensors),
                                 scaffold_fn=checkpoints.restore_scaffold_fn(config.model_path))
 
     def _predict_spec(features, mesh, mesh_impl, d, min_prompt_length):
